@@ -1,0 +1,146 @@
+"""Base class of every sparse-training method: owns the prunable parameters, the masks and the optimizer hooks.
+
+A method decides *when* masks change and *how* they are scored; the mechanism (masking weights, gradients and
+optimizer state in place) lives in :mod:`acdc.sparsify`. Use in any plain training loop::
+
+    method = SomeMethod(model, optimizer, sparsity=0.9, steps_per_epoch=len(loader))
+    for x, y in loader:
+        optimizer.zero_grad(); loss_fn(model(x), y).backward(); optimizer.step()
+        method.step()            # or pass auto_step=True to run it from optimizer.step()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..masks import check_sparsity
+from ..sparsify import MaskedParams, OptimizerHooks, optimizer_keeps_zeros
+from ..targets import Target, prunable_parameters
+
+Listener = Callable[[str, dict], None]
+
+
+class SparseMethod:
+    """Shared plumbing: prunable parameters, masks, hooks, step counting, events, state_dict."""
+
+    name = "base"
+    yields_dense = False  # True when the method also produces a dense model (AC/DC)
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        sparsity: float,
+        steps_per_epoch: int | None = None,
+        target: str | Target = "global",
+        include: str | Iterable[str] | None = None,
+        exclude: str | Iterable[str] | None = None,
+        mask_weights: bool | str = "auto",
+        auto_step: bool = False,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if steps_per_epoch is not None and (not isinstance(steps_per_epoch, int) or steps_per_epoch < 1):
+            raise ValueError(f"steps_per_epoch must be a positive integer (len(train_loader)), got {steps_per_epoch!r}")
+        self.model = model
+        self.optimizer = optimizer
+        self.target = Target.parse(target)
+        self.sparsity_target = check_sparsity(sparsity) if not self.target.is_nm else self.target.nominal_sparsity(0)
+        self.steps_per_epoch = steps_per_epoch
+        self.masked = MaskedParams(prunable_parameters(model, include, exclude))
+        self.skipped: list[str] = self.target.prepare(self.masked.params)
+        opt_ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        not_opt = [n for n, p in self.masked.params.items() if id(p) not in opt_ids]
+        if not_opt:
+            raise ValueError(f"prunable parameters {not_opt[:5]} are not in the optimizer; build the optimizer from "
+                             "model.parameters() or exclude them")
+        if mask_weights == "auto":
+            mask_weights = not optimizer_keeps_zeros(optimizer)
+        self.mask_weights = bool(mask_weights)
+        self.auto_step = auto_step
+        self.steps = 0
+        self.history: list[dict] = []
+        self._listeners: list[Listener] = []
+        self._hooks = OptimizerHooks(optimizer, self._pre_step, self._post_step)
+
+    # ------------------------------------------------------------------ hooks
+    def _pre_step(self) -> None:
+        if self.masked.masks is not None:
+            self.masked.apply_to_grads()
+
+    def _post_step(self) -> None:
+        if self.mask_weights and self.masked.masks is not None:
+            self.masked.apply_to_weights()
+        if self.auto_step:
+            self.step()
+
+    def remove_hooks(self) -> None:
+        """Detach from the optimizer (masks stay applied to the weights)."""
+        self._hooks.remove()
+
+    # ------------------------------------------------------------------ time
+    @property
+    def epoch(self) -> float:
+        """Training time in (fractional) epochs: steps / steps_per_epoch (or step() calls when it is None)."""
+        return self.steps / self.steps_per_epoch if self.steps_per_epoch else float(self.steps)
+
+    def step(self) -> None:
+        """Advance one optimizer step; subclasses change masks here."""
+        self.steps += 1
+        self._on_step()
+
+    def _on_step(self) -> None:
+        pass
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def masks(self) -> dict[str, torch.Tensor] | None:
+        """Parameter name -> bool mask (True = kept); None while the model is dense."""
+        return self.masked.masks
+
+    @property
+    def phase(self) -> str:
+        return "dense" if self.masked.masks is None else "sparse"
+
+    def sparsity(self) -> float:
+        """Achieved sparsity over the prunable weights (fraction exactly zero)."""
+        return self.masked.sparsity()
+
+    def layer_sparsity(self) -> dict[str, float]:
+        return self.masked.layer_sparsity()
+
+    # ------------------------------------------------------------------ events
+    def add_listener(self, fn: Listener) -> None:
+        """``fn(event, info)`` is called on mask events ("compress", "decompress", "update")."""
+        self._listeners.append(fn)
+
+    def _emit(self, event: str, **info: Any) -> None:
+        rec = {"event": event, "step": self.steps, "epoch": self.epoch}
+        self.history.append(rec)
+        for fn in self._listeners:
+            fn(event, {**rec, **info})
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        m = self.masked.masks
+        return {
+            "method": self.name,
+            "steps": self.steps,
+            "masks": None if m is None else {k: v.clone() for k, v in m.items()},
+            "history": list(self.history),
+            "skipped": list(self.skipped),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("method", self.name) != self.name:
+            raise ValueError(f"state_dict is for method {state.get('method')!r}, not {self.name!r}")
+        self.steps = int(state["steps"])
+        self.history = list(state.get("history", []))
+        self.masked.set_masks(state.get("masks"), apply=True)
