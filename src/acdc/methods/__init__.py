@@ -2,5 +2,7 @@
 
 from .acdc import ACDC
 from .base import SparseMethod
+from .dense import Dense
+from .registry import available, build_method, register
 
-__all__ = ["ACDC", "SparseMethod"]
+__all__ = ["ACDC", "Dense", "SparseMethod", "available", "build_method", "register"]
