@@ -59,3 +59,313 @@ def test_digits() -> None:
     assert b.input_shape == (1, 8, 8) and b.num_classes == 10
     assert len(b.train) + len(b.val) == 1797
     assert abs(len(b.val) - 0.2 * 1797) <= 10
+
+
+# ---------------------------------------------------------------- CIFAR
+def _write_cifar10(root, n_per_batch: int = 20, n_test: int = 15, seed: int = 0):
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    for i in range(1, 6):
+        batch = {b"batch_label": b"x", b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+                 b"labels": rng.integers(0, 10, n_per_batch).tolist(), b"filenames": []}
+        with open(d / f"data_batch_{i}", "wb") as f:
+            pickle.dump(batch, f)
+    test = {b"data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8),
+            b"labels": rng.integers(0, 10, n_test).tolist()}
+    with open(d / "test_batch", "wb") as f:
+        pickle.dump(test, f)
+    with open(d / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f)
+    return d
+
+
+def _write_cifar100(root, n_train: int = 30, n_test: int = 10):
+    import pickle
+
+    rng = np.random.default_rng(1)
+    d = root / "cifar-100-python"
+    d.mkdir(parents=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        with open(d / split, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         b"fine_labels": rng.integers(0, 100, n).tolist(),
+                         b"coarse_labels": rng.integers(0, 20, n).tolist()}, f)
+    return d
+
+
+def test_cifar10_shapes_labels_and_normalisation(tmp_path) -> None:
+    d = _write_cifar10(tmp_path)
+    b = D.build({"name": "cifar10", "path": str(d), "augment": False})
+    assert (b.num_classes, b.input_shape, len(b.train), len(b.val)) == (10, (3, 32, 32), 100, 15)
+    assert b.info["classes"][3] == "c3"
+    import pickle
+
+    with open(d / "data_batch_2", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")
+    x, y = b.train[20]  # first image of batch 2
+    assert int(y) == raw[b"labels"][0]
+    expect = (torch.tensor(raw[b"data"][0], dtype=torch.float32).view(3, 32, 32) / 255
+              - torch.tensor([0.4914, 0.4822, 0.4465]).view(3, 1, 1)) / torch.tensor(
+                  [0.2470, 0.2435, 0.2616]).view(3, 1, 1)
+    torch.testing.assert_close(x, expect)
+    # the parent folder is accepted too
+    assert len(D.build({"name": "cifar10", "path": str(tmp_path)}).train) == 100
+
+
+def test_cifar_augmentation_is_crop_and_flip(tmp_path) -> None:
+    d = _write_cifar10(tmp_path)
+    plain = D.build({"name": "cifar10", "path": str(d), "augment": False}).train
+    aug = D.build({"name": "cifar10", "path": str(d)}).train  # augment defaults to True
+    assert aug.augment and not plain.augment
+    torch.manual_seed(0)
+    batch = aug.__getitems__(list(range(32)))
+    assert len(batch) == 32 and batch[0][0].shape == (3, 32, 32)
+    ref = plain.__getitems__(list(range(32)))
+    n_changed = 0
+    for (xa, ya), (xp, yp) in zip(batch, ref):
+        assert ya == yp
+        # every augmented image is a (possibly flipped) 32x32 window of the zero-padded original
+        pad = torch.nn.functional.pad(xp, (4, 4, 4, 4), value=0.0)
+        zero = ((0 - plain.mean) / plain.std)[0]
+        pad = torch.where(
+            torch.nn.functional.pad(torch.ones(1, 32, 32), (4, 4, 4, 4)).bool(), pad, zero.expand(3, 40, 40)
+        )
+        found = any(
+            torch.allclose(cand, xa)
+            for i in range(9) for j in range(9)
+            for cand in (pad[:, i:i + 32, j:j + 32], pad[:, i:i + 32, j:j + 32].flip(2))
+        )
+        assert found
+        n_changed += not torch.allclose(xa, xp)
+    assert n_changed > 16
+    # single-item access goes through the same path
+    assert aug[0][0].shape == (3, 32, 32)
+
+
+def test_cifar100_fine_labels(tmp_path) -> None:
+    d = _write_cifar100(tmp_path)
+    b = D.build({"name": "cifar100", "path": str(d)}, seed=0)
+    assert (b.num_classes, len(b.train), len(b.val)) == (100, 30, 10)
+    import pickle
+
+    with open(d / "test", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")
+    assert [int(b.val[i][1]) for i in range(10)] == raw[b"fine_labels"]
+
+
+def test_cifar_errors(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        D.build({"name": "cifar10", "path": str(tmp_path / "nowhere")})
+    with pytest.raises(ValueError, match="needs 'path'"):
+        D.build({"name": "cifar10"})
+    d = _write_cifar10(tmp_path)
+    (d / "data_batch_3").unlink()
+    with pytest.raises(FileNotFoundError, match="data_batch_3"):
+        D.build({"name": "cifar10", "path": str(d)})
+    import pickle
+
+    with open(d / "data_batch_3", "wb") as f:  # label/image count mismatch
+        pickle.dump({b"data": np.zeros((4, 3072), np.uint8), b"labels": [1, 2, 3]}, f)
+    with pytest.raises(ValueError, match="data_batch_3.*4 images but 3 labels"):
+        D.build({"name": "cifar10", "path": str(d)})
+    with open(d / "data_batch_3", "wb") as f:  # CIFAR-100 keys in a CIFAR-10 folder
+        pickle.dump({b"data": np.zeros((4, 3072), np.uint8), b"fine_labels": [1, 2, 3, 4]}, f)
+    with pytest.raises(ValueError, match="data_batch_3.*lacks the keys"):
+        D.build({"name": "cifar10", "path": str(d)})
+    (d / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="cannot unpickle"):
+        D.build({"name": "cifar10", "path": str(d)})
+    with pytest.raises(ValueError, match="unknown key 'image_size'"):
+        D.build({"name": "cifar10", "path": str(d), "image_size": 32})
+
+
+# ---------------------------------------------------------------- MNIST IDX
+def _write_idx(root, prefix: str, n: int, gz: bool = False, n_labels: int | None = None,
+               img_magic: int = 2051, lbl_magic: int = 2049, seed: int = 0):
+    import gzip
+    import struct
+
+    rng = np.random.default_rng(seed)
+    imgs = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    n_labels = n if n_labels is None else n_labels
+    labels = rng.integers(0, 10, n_labels).astype(np.uint8)
+    op = gzip.open if gz else open
+    ext = ".gz" if gz else ""
+    with op(root / f"{prefix}-images-idx3-ubyte{ext}", "wb") as f:
+        f.write(struct.pack(">iIII", img_magic, n, 28, 28) + imgs.tobytes())
+    with op(root / f"{prefix}-labels-idx1-ubyte{ext}", "wb") as f:
+        f.write(struct.pack(">iI", lbl_magic, n_labels) + labels.tobytes())
+    return imgs, labels
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_idx_datasets(tmp_path, gz: bool, name: str) -> None:
+    imgs, labels = _write_idx(tmp_path, "train", 12, gz=gz)
+    _write_idx(tmp_path, "t10k", 5, gz=gz, seed=1)
+    b = D.build({"name": name, "path": str(tmp_path)})
+    assert (b.num_classes, b.input_shape, len(b.train), len(b.val)) == (10, (1, 28, 28), 12, 5)
+    x, y = b.train[3]
+    assert int(y) == labels[3]
+    mean, std = D.idx._STATS[name]
+    torch.testing.assert_close(x[0], (torch.from_numpy(imgs[3]).float() / 255 - mean[0]) / std[0])
+
+
+def test_idx_errors(tmp_path) -> None:
+    _write_idx(tmp_path, "train", 6)
+    with pytest.raises(FileNotFoundError, match="t10k-images-idx3-ubyte"):
+        D.build({"name": "mnist", "path": str(tmp_path)})
+    _write_idx(tmp_path, "t10k", 4, img_magic=2049)
+    with pytest.raises(ValueError, match="t10k-images-idx3-ubyte.*magic number 2049, expected 2051"):
+        D.build({"name": "mnist", "path": str(tmp_path)})
+    _write_idx(tmp_path, "t10k", 4, lbl_magic=2051)
+    with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.*magic number 2051, expected 2049"):
+        D.build({"name": "mnist", "path": str(tmp_path)})
+    _write_idx(tmp_path, "t10k", 4, n_labels=3)
+    with pytest.raises(ValueError, match="4 images but .*t10k-labels-idx1-ubyte.* has 3 labels"):
+        D.build({"name": "mnist", "path": str(tmp_path)})
+    _write_idx(tmp_path, "t10k", 4)
+    f = tmp_path / "t10k-images-idx3-ubyte"
+    f.write_bytes(f.read_bytes()[:-10])
+    with pytest.raises(ValueError, match="t10k-images-idx3-ubyte.*truncated"):
+        D.build({"name": "mnist", "path": str(tmp_path)})
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        D.build({"name": "fashion_mnist", "path": str(tmp_path / "missing")})
+
+
+# ---------------------------------------------------------------- ImageFolder
+def _write_imagefolder(root, classes=("cat", "dog", "eel"), n: int = 3, size: int = 20):
+    Image = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for ci, c in enumerate(classes):
+            (root / split / c).mkdir(parents=True)
+            for k in range(n if split == "train" else 1):
+                arr = rng.integers(0, 256, (size, size + ci, 3), dtype=np.uint8)
+                Image.fromarray(arr).save(root / split / c / f"{k}.{'png' if k % 2 else 'jpg'}")
+    return root
+
+
+def test_imagefolder(tmp_path) -> None:
+    pytest.importorskip("torchvision")
+    root = _write_imagefolder(tmp_path)
+    b = D.build({"name": "imagefolder", "path": str(root), "image_size": 16})
+    assert (b.num_classes, b.input_shape, len(b.train), len(b.val)) == (3, (3, 16, 16), 9, 3)
+    assert b.info["classes"] == ["cat", "dog", "eel"]
+    x, y = b.train[4]
+    assert x.shape == (3, 16, 16) and y == 1
+    xv, yv = b.val[2]
+    assert xv.shape == (3, 16, 16) and yv == 2
+    b2 = D.build({"name": "imagefolder", "path": str(root), "image_size": 16, "augment": False})
+    torch.testing.assert_close(b2.train[0][0], b2.train[0][0])  # deterministic without augmentation
+
+
+def test_imagefolder_errors(tmp_path) -> None:
+    pytest.importorskip("torchvision")
+    root = _write_imagefolder(tmp_path / "ok")
+    cfg = {"name": "imagefolder", "path": str(root), "image_size": 16}
+    (root / "val" / "eel" / "0.jpg").unlink()
+    with pytest.raises(ValueError, match="eel.*has no images"):
+        D.build(cfg)
+    (root / "val" / "eel").rmdir()
+    with pytest.raises(ValueError, match="differ.*only in train: \\['eel'\\]"):
+        D.build(cfg)
+    bad = tmp_path / "noval"
+    (bad / "train" / "a").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="val"):
+        D.build({"name": "imagefolder", "path": str(bad)})
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        D.build({"name": "imagefolder", "path": str(tmp_path / "nope")})
+
+
+# ---------------------------------------------------------------- language modelling
+def _write_wikitext(root, ptb: bool = False):
+    train = " = Title = \n\n the cat sat on the mat \n the dog sat \n" * 10
+    valid = " the cat ran far \n the zebra sat \n" * 5
+    names = ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt") if ptb else (
+        "wiki.train.tokens", "wiki.valid.tokens", "wiki.test.tokens")
+    for fname, text in zip(names, (train, valid, valid.replace("cat", "dog"))):
+        (root / fname).write_text(text, encoding="utf-8")
+    return train, valid
+
+
+@pytest.mark.parametrize("ptb", [False, True])
+def test_wikitext(tmp_path, ptb: bool) -> None:
+    train, valid = _write_wikitext(tmp_path, ptb)
+    b = D.build({"name": "wikitext", "path": str(tmp_path), "context": 8})
+    assert b.task == "lm" and b.input_shape == (8,)
+    vocab = b.info["vocab"]
+    assert vocab[:2] == ["<eos>", "<unk>"]
+    assert set(vocab) == {"<eos>", "<unk>", "=", "Title", "the", "cat", "sat", "on", "mat", "dog"}
+    assert b.num_classes == len(vocab)
+    n_tokens = sum(len(line.split()) + 1 for line in train.splitlines())
+    assert b.info["n_train_tokens"] == n_tokens
+    assert len(b.train) == (n_tokens - 1 - 8) // 8 + 1
+    x, y = b.train[1]
+    assert x.dtype == torch.long and x.shape == y.shape == (8,)
+    assert torch.equal(x[1:], y[:-1])
+    assert torch.equal(b.train[2][0][0:1], y[-1:])  # non-overlapping, contiguous windows
+    words = [vocab[i] for i in b.train[0][0].tolist()]
+    assert words == ["=", "Title", "=", "<eos>", "<eos>", "the", "cat", "sat"]
+    # unknown words in valid map to <unk>
+    val_words = [vocab[i] for i in b.val[0][0].tolist()]
+    assert val_words == ["the", "cat", "<unk>", "<unk>", "<eos>", "the", "<unk>", "sat"]
+    bt = D.build({"name": "wikitext", "path": str(tmp_path), "context": 4, "eval_split": "test"})
+    assert [bt.info["vocab"][i] for i in bt.val[0][0].tolist()] == ["the", "dog", "<unk>", "<unk>"]
+
+
+def test_wikitext_errors(tmp_path) -> None:
+    _write_wikitext(tmp_path)
+    (tmp_path / "wiki.valid.tokens").unlink()
+    with pytest.raises(FileNotFoundError, match="missing valid split.*wiki.valid.tokens"):
+        D.build({"name": "wikitext", "path": str(tmp_path)})
+    _write_wikitext(tmp_path)
+    with pytest.raises(ValueError, match="context"):
+        D.build({"name": "wikitext", "path": str(tmp_path), "context": 10_000})
+    with pytest.raises(ValueError, match="'context' must be a positive integer"):
+        D.build({"name": "wikitext", "path": str(tmp_path), "context": 0})
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        D.build({"name": "wikitext", "path": str(tmp_path / "x")})
+    with pytest.raises(ValueError, match="unknown key 'val_fraction'.*allowed keys"):
+        D.build({"name": "wikitext", "path": str(tmp_path), "val_fraction": 0.1})
+
+
+def test_chars(tmp_path) -> None:
+    text = "hello world, héllo AC/DC!\n" * 40
+    f = tmp_path / "t.txt"
+    f.write_text(text, encoding="utf-8")
+    b = D.build({"name": "chars", "path": str(f), "context": 16})
+    assert b.info["vocab"] == sorted(set(text)) and b.num_classes == len(set(text))
+    n_val = int(len(text) * 0.1)
+    assert (b.info["n_train_tokens"], b.info["n_val_tokens"]) == (len(text) - n_val, n_val)
+    x, y = b.train[0]
+    assert "".join(b.info["vocab"][i] for i in x.tolist()) == text[:16]
+    assert "".join(b.info["vocab"][i] for i in y.tolist()) == text[1:17]
+    xv, _ = b.val[0]
+    assert "".join(b.info["vocab"][i] for i in xv.tolist()) == text[len(text) - n_val:][:16]
+    b2 = D.build({"name": "chars", "path": str(f), "context": 16, "val_fraction": 0.5, "stride": 4})
+    assert b2.info["n_val_tokens"] == len(text) // 2
+    assert torch.equal(b2.train[1][0][:12], b2.train[0][0][4:])
+    with pytest.raises(FileNotFoundError, match="not a file"):
+        D.build({"name": "chars", "path": str(tmp_path / "none.txt")})
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe\xfa")
+    with pytest.raises(ValueError, match="UTF-8"):
+        D.build({"name": "chars", "path": str(tmp_path / "bad.txt")})
+
+
+def test_dataloader_batches(tmp_path) -> None:
+    """The uint8 datasets' batched __getitems__ path works through a standard DataLoader."""
+    d = _write_cifar10(tmp_path)
+    b = D.build({"name": "cifar10", "path": str(d)})
+    xb, yb = next(iter(torch.utils.data.DataLoader(b.train, batch_size=8, shuffle=True)))
+    assert xb.shape == (8, 3, 32, 32) and yb.shape == (8,) and yb.dtype == torch.long
+
+
+def test_every_dataset_has_keys() -> None:
+    for name in D.DATASETS:
+        keys = D.allowed_keys(name)
+        assert "name" in keys
+        assert isinstance(keys, set)
