@@ -1,0 +1,77 @@
+"""``acdc train`` and ``acdc finetune-dense``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..train.checkpoint import atomic_write_bytes, load_tensors
+from ..train.loop import Trainer
+from ..train.recipe import load_recipe, parse_recipe
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a recipe (writes sparse/dense models, metrics, checkpoints)")
+    p.add_argument("recipe", help="YAML recipe file")
+    p.add_argument("--out", default=None, help="run directory (default: runs/<recipe name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key, e.g. --set method.sparsity=0.95 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/last")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars / per-epoch lines")
+    p.set_defaults(func=cmd_train)
+
+    f = sub.add_parser("finetune-dense", help="fine-tune the best dense checkpoint of an AC/DC run densely")
+    f.add_argument("run_dir", help="directory of a finished `acdc train` run")
+    f.add_argument("--epochs", type=int, default=None,
+                   help="epochs of dense fine-tuning (default: from the best dense epoch to the run's end)")
+    f.add_argument("--no-progress", action="store_true")
+    f.set_defaults(func=cmd_finetune_dense)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.recipe, args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / recipe.name
+    res = Trainer(recipe, out, resume=args.resume, progress=not args.no_progress).run()
+    print(json.dumps(res.summary, indent=2))
+    return 0
+
+
+def finetune_dense(run_dir: str | Path, epochs: int | None = None, progress: bool = True) -> dict:
+    """Continue from ``run_dir/dense.safetensors`` with dense training to the end of the original schedule.
+
+    The LR schedule continues where the best dense checkpoint left it (the optimizer starts fresh, as at any
+    dense-phase start); writes ``run_dir/dense_finetuned.safetensors`` and ``run_dir/finetune_dense/``.
+    """
+    run_dir = Path(run_dir)
+    rpath, dpath = run_dir / "recipe.yaml", run_dir / "dense.safetensors"
+    for p in (rpath, dpath):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} not found: finetune-dense needs a finished AC/DC run directory")
+    recipe = load_recipe(rpath)
+    _, meta = load_tensors(dpath)
+    best_epoch = int(json.loads(meta["epoch"]))
+    start = best_epoch + 1
+    raw = recipe.to_dict()
+    raw["method"] = {"name": "dense"}
+    if epochs is not None:
+        if epochs < 1:
+            raise ValueError(f"--epochs must be >= 1, got {epochs}")
+        raw["epochs"] = start + epochs
+    ft = parse_recipe(raw)
+    if start >= ft.epochs:
+        raise ValueError(f"the best dense checkpoint is from the last epoch ({best_epoch}); pass --epochs N")
+    out = run_dir / "finetune_dense"
+    trainer = Trainer(ft, out, progress=progress, init_weights=dpath, start_epoch=start)
+    res = trainer.run()
+    # the fine-tuned model is the final dense model of that run
+    atomic_write_bytes(run_dir / "dense_finetuned.safetensors", (out / "final.safetensors").read_bytes())
+    summary = dict(res.summary)
+    summary["start_epoch"] = start
+    summary["files"] = {"dense_finetuned": str(run_dir / "dense_finetuned.safetensors")}
+    return summary
+
+
+def cmd_finetune_dense(args: argparse.Namespace) -> int:
+    print(json.dumps(finetune_dense(args.run_dir, args.epochs, progress=not args.no_progress), indent=2))
+    return 0

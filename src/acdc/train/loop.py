@@ -1,0 +1,420 @@
+"""The epoch loop behind ``acdc train``: any method from the registry, per-epoch validation, metrics, checkpoints.
+
+Order inside an epoch (so an epoch's metrics describe the model that trained in that epoch's phase)::
+
+    for each batch: forward, backward, optimizer.step(), lr_scheduler.step(), method.step()   # except the last
+    validate; log metrics (incl. FLOPs and mask dynamics); save best dense checkpoint
+    method.step() for the last batch  -> a phase transition (compress/decompress) happens here
+    save the resumable checkpoint DIR/last
+
+Resuming restores weights, masks, optimizer, LR scheduler, method state and RNG states at an epoch boundary, and
+the train loader reshuffles from a per-epoch seed, so a resumed run is bit-identical to an uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .. import data as data_mod
+from .. import models as models_mod
+from ..measure.dynamics import MaskTracker
+from ..measure.flops import inference_flops
+from ..methods import build_method
+from ..methods.base import SparseMethod
+from .checkpoint import atomic_write_text, load_model, load_run_state, save_model, save_run_state
+from .recipe import Recipe, dump_recipe
+
+try:  # progress bars are optional at import time
+    from tqdm.auto import tqdm
+except ImportError:  # pragma: no cover
+    tqdm = None
+
+
+# ---------------------------------------------------------------------- builders
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("recipe key `device` is 'cuda' but no CUDA device is available; use device: cpu or auto")
+    return torch.device(name)
+
+
+def build_model(recipe: Recipe, bundle: data_mod.DataBundle) -> nn.Module:
+    cfg = dict(recipe.model)
+    name = cfg.pop("name")
+    try:
+        return models_mod.build(name, num_classes=bundle.num_classes, **cfg)
+    except TypeError as e:
+        raise ValueError(f"recipe `model` block: {e} (check the keys under `model:`)") from None
+
+
+def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
+    oc = recipe.optimizer
+    params: Any = model.parameters()
+    if oc.no_decay_bias_norm and oc.weight_decay:
+        decay, no_decay = [], []
+        for p in model.parameters():
+            (no_decay if p.dim() <= 1 else decay).append(p)
+        params = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if oc.name == "sgd":
+        return torch.optim.SGD(params, lr=oc.lr, momentum=oc.momentum, nesterov=oc.nesterov and oc.momentum > 0,
+                               weight_decay=oc.weight_decay)
+    cls = torch.optim.AdamW if oc.name == "adamw" else torch.optim.Adam
+    return cls(params, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps, weight_decay=oc.weight_decay)
+
+
+def lr_factor_fn(recipe: Recipe, steps_per_epoch: int):
+    """Multiplier of the base LR as a function of the global optimizer step (for ``LambdaLR``)."""
+    sc = recipe.lr_schedule
+    total = recipe.epochs * steps_per_epoch
+    warm = int(round(sc.warmup_epochs * steps_per_epoch))
+    floor = sc.min_lr / recipe.optimizer.lr
+
+    def fn(step: int) -> float:
+        if warm and step < warm:
+            return sc.warmup_start_factor + (1 - sc.warmup_start_factor) * step / warm
+        if sc.name == "constant":
+            return 1.0
+        if sc.name == "step":
+            epoch = step / steps_per_epoch
+            return sc.gamma ** sum(1 for m in sc.milestones if epoch >= m)
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return fn
+
+
+def _rng_state() -> dict[str, Any]:
+    st = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict[str, Any]) -> None:
+    torch.set_rng_state(st["torch"])
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+# ---------------------------------------------------------------------- evaluation
+def _loss_and_correct(out: torch.Tensor, y: torch.Tensor, task: str, smoothing: float = 0.0):
+    if task == "lm":
+        logits = out.reshape(-1, out.shape[-1])
+        y = y.reshape(-1)
+    else:
+        logits = out
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
+    correct = (logits.argmax(-1) == y).sum()
+    return loss, correct, y.numel()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, task: str, device: torch.device, max_batches: int = 0,
+             amp_ctx=contextlib.nullcontext) -> dict[str, float]:
+    """Mean loss and top-1 accuracy (per token for LMs, plus perplexity)."""
+    was_training = model.training
+    model.eval()
+    tot_loss, tot_correct, tot_n = 0.0, 0, 0
+    for i, (x, y) in enumerate(loader):
+        if max_batches and i >= max_batches:
+            break
+        x, y = x.to(device), y.to(device)
+        with amp_ctx():
+            out = model(x)
+        loss, correct, n = _loss_and_correct(out, y, task)
+        tot_loss += float(loss) * n
+        tot_correct += int(correct)
+        tot_n += n
+    model.train(was_training)
+    res = {"loss": tot_loss / max(1, tot_n), "acc": tot_correct / max(1, tot_n)}
+    if task == "lm":
+        res["ppl"] = math.exp(min(res["loss"], 50.0))
+    return res
+
+
+# ---------------------------------------------------------------------- the trainer
+@dataclass
+class TrainResult:
+    out_dir: Path
+    summary: dict[str, Any]
+
+
+class Trainer:
+    """Runs one recipe into ``out_dir`` (see module docstring for the files it writes)."""
+
+    def __init__(self, recipe: Recipe, out_dir: str | Path, *, resume: bool = False, progress: bool | None = None,
+                 init_weights: str | Path | None = None, start_epoch: int = 0,
+                 bundle: data_mod.DataBundle | None = None) -> None:
+        self.recipe = recipe
+        self.out_dir = Path(out_dir)
+        self.resume = resume
+        self.progress = recipe.progress if progress is None else progress
+        self.init_weights = init_weights
+        self.start_epoch = start_epoch
+        self._bundle = bundle
+
+    # -------------------------------------------------------------- setup (all validation happens here)
+    def setup(self) -> None:
+        r = self.recipe
+        self.device = resolve_device(r.device)
+        if r.amp == "fp16" and self.device.type != "cuda":
+            raise ValueError("recipe key `amp: fp16` needs device cuda (fp16 GradScaler); use `amp: bf16` on CPU")
+        seed_everything(r.seed)
+        self.bundle = self._bundle or data_mod.build(r.data, seed=r.seed)
+        self.task = self.bundle.task
+        self.model = build_model(r, self.bundle).to(self.device)
+        self.example = self._example_input()
+        # dense-baseline FLOPs from the freshly initialised (zero-free) model, before any weights are loaded
+        self.f_dense = float(inference_flops(self.model, self.example)) if r.measure_flops else 0.0
+        if self.init_weights:
+            load_model(self.init_weights, self.model)
+        self.train_gen = torch.Generator()
+        self.train_loader = DataLoader(self.bundle.train, batch_size=r.batch_size, shuffle=True, drop_last=False,
+                                       generator=self.train_gen, num_workers=r.num_workers)
+        self.val_loader = DataLoader(self.bundle.val, batch_size=r.eval_batch_size, shuffle=False,
+                                     num_workers=r.num_workers)
+        n_batches = len(self.train_loader)
+        if r.max_steps_per_epoch:
+            n_batches = min(n_batches, r.max_steps_per_epoch * r.grad_accum)
+        if n_batches < r.grad_accum:
+            raise ValueError(f"recipe key `grad_accum` ({r.grad_accum}) exceeds the batches per epoch ({n_batches})")
+        self.batches_per_epoch = n_batches - n_batches % r.grad_accum
+        self.steps_per_epoch = self.batches_per_epoch // r.grad_accum
+        self.optimizer = build_optimizer(r, self.model)
+        fn = lr_factor_fn(r, self.steps_per_epoch)
+        offset = self.start_epoch * self.steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: fn(s + offset))
+        self.method: SparseMethod = build_method(
+            r.method_name, self.model, self.optimizer, steps_per_epoch=self.steps_per_epoch,
+            epochs=r.epochs - self.start_epoch, sparsity=r.sparsity, options=r.method_options())
+        self.scaler = torch.amp.GradScaler("cuda") if r.amp == "fp16" else None
+        self.tracker = MaskTracker()
+        self._pending: dict[str, Any] = {}
+        self.method.add_listener(self._on_event)
+        self.state: dict[str, Any] = {"epoch": self.start_epoch, "best_dense": None, "elapsed": 0.0,
+                                      "train_flops_cum": 0.0}
+
+    def _amp_ctx(self):
+        if self.recipe.amp == "none":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.recipe.amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _example_input(self) -> torch.Tensor:
+        shape = (1, *self.bundle.input_shape)
+        dtype = torch.long if self.task == "lm" else torch.float32
+        return torch.zeros(shape, dtype=dtype, device=self.device)
+
+    def _on_event(self, event: str, info: dict) -> None:
+        if event == "compress":
+            rec = self.tracker.on_compress(info["epoch"], info["masks"])
+            self._pending.setdefault("compressions", []).append(
+                {k: rec[k] for k in ("compression", "epoch", "mask_diff", "mask_diff_per_layer") if k in rec})
+        self._pending.setdefault("events", []).append({"event": event, "step": info["step"], "epoch": info["epoch"]})
+
+    # -------------------------------------------------------------- resume
+    def _restore(self) -> None:
+        state, masks = load_run_state(self.out_dir, self.model)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        mstate = dict(state["method"])
+        mstate["masks"] = masks
+        self.method.load_state_dict(mstate)
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.tracker.load_state_dict(state["tracker"])
+        self.state = state["run"]
+        _set_rng_state(state["rng"])
+        # drop metrics lines written after the checkpoint (a crash between the two)
+        mpath = self.out_dir / "metrics.jsonl"
+        if mpath.exists():
+            lines = [ln for ln in mpath.read_text().splitlines() if ln.strip()]
+            keep = [ln for ln in lines if json.loads(ln)["epoch"] < self.state["epoch"]]
+            atomic_write_text(mpath, "".join(k + "\n" for k in keep))
+
+    def _checkpoint(self) -> None:
+        mstate = self.method.state_dict()
+        masks = mstate.pop("masks", None)
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "method": mstate, "scaler": self.scaler.state_dict() if self.scaler else None,
+                 "tracker": self.tracker.state_dict(), "run": dict(self.state), "rng": _rng_state()}
+        save_run_state(self.out_dir, model=self.model, masks=masks, state=state, epoch=self.state["epoch"])
+
+    # -------------------------------------------------------------- one epoch
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        r = self.recipe
+        self.model.train()
+        self.train_gen.manual_seed(r.seed * 1_000_003 + epoch)
+        tot_loss, tot_correct, tot_n, micro = 0.0, 0, 0, 0
+        bar = None
+        if self.progress and tqdm is not None:
+            bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{r.epochs} [{self.method.phase}]",
+                       leave=False, dynamic_ncols=True)
+        step_in_epoch = 0
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, (x, y) in enumerate(self.train_loader):
+            if i >= self.batches_per_epoch:
+                break
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with self._amp_ctx():
+                out = self.model(x)
+            loss, correct, n = _loss_and_correct(out, y, self.task, r.label_smoothing)
+            scaled = loss / r.grad_accum
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            tot_loss += float(loss.detach()) * n
+            tot_correct += int(correct)
+            tot_n += n
+            micro += 1
+            if micro % r.grad_accum:
+                continue
+            if r.grad_clip:
+                if self.scaler:
+                    self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), r.grad_clip)
+            if self.scaler:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            step_in_epoch += 1
+            if step_in_epoch < self.steps_per_epoch:  # the epoch's last method.step() runs after validation
+                self.method.step()
+            if bar is not None:
+                bar.update(1)
+                if step_in_epoch % 10 == 0:
+                    bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}")
+        if bar is not None:
+            bar.close()
+        if not math.isfinite(tot_loss):
+            raise FloatingPointError(f"training loss became {tot_loss} in epoch {epoch}; lower optimizer.lr")
+        return {"loss": tot_loss / max(1, tot_n), "acc": tot_correct / max(1, tot_n)}
+
+    # -------------------------------------------------------------- main
+    def run(self) -> TrainResult:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.setup()
+        r = self.recipe
+        if self.resume and (self.out_dir / "last").exists():
+            self._restore()
+        elif self.resume:
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.out_dir / 'last'}; run without --resume")
+        else:
+            for stale in ("metrics.jsonl", "summary.json"):
+                (self.out_dir / stale).unlink(missing_ok=True)
+        atomic_write_text(self.out_dir / "recipe.yaml", dump_recipe(r))
+        mpath = self.out_dir / "metrics.jsonl"
+        yields_dense = self.method.yields_dense
+        for epoch in range(self.state["epoch"], r.epochs):
+            t0 = time.perf_counter()
+            phase = self.method.phase
+            train = self._train_epoch(epoch)
+            train_time = time.perf_counter() - t0
+            val = evaluate(self.model, self.val_loader, self.task, self.device, r.eval_max_batches, self._amp_ctx)
+            rec: dict[str, Any] = {
+                "epoch": epoch, "phase": phase, "lr": self.optimizer.param_groups[0]["lr"],
+                "train_loss": train["loss"], "train_acc": train["acc"],
+                "val_loss": val["loss"], "val_acc": val["acc"],
+            }
+            if "ppl" in val:
+                rec["val_ppl"] = val["ppl"]
+            rec["sparsity"] = self.method.sparsity()
+            rec["layer_sparsity"] = self.method.layer_sparsity()
+            if r.measure_flops:
+                f = float(inference_flops(self.model, self.example))
+                per_sample = getattr(self.method, "training_flops_per_sample", None)
+                tf = float(per_sample(f, self.f_dense)) if per_sample else 3.0 * f
+                rel_epoch = tf / (3.0 * self.f_dense)
+                self.state["train_flops_cum"] += rel_epoch
+                rec.update(inference_flops=f, inference_flops_rel=f / self.f_dense, dense_inference_flops=self.f_dense,
+                           train_flops_epoch_rel=rel_epoch,
+                           train_flops_cum_rel=self.state["train_flops_cum"] / r.epochs,
+                           train_flops_samples=len(self.bundle.train))
+            rec.update(self._pending)
+            self._pending = {}
+            # best dense checkpoint (AC/DC dense phases, dense baseline)
+            score = -val["loss"] if self.task == "lm" else val["acc"]
+            if yields_dense and phase == "dense":
+                best = self.state["best_dense"]
+                if best is None or score > best["score"]:
+                    self.state["best_dense"] = {"score": score, "epoch": epoch, "val_acc": val["acc"],
+                                                "val_loss": val["loss"]}
+                    save_model(self.out_dir / "dense.safetensors", self.model,
+                               {"epoch": epoch, "val_acc": val["acc"], "val_loss": val["loss"], "phase": phase})
+            # the epoch's last method step: may compress / decompress
+            self.method.step()
+            if phase == "dense" and self.method.phase == "sparse":
+                rec["dense_zero_fraction"] = rec["sparsity"]  # zeros left at the end of a dense phase (Table 8)
+            self.state["elapsed"] += time.perf_counter() - t0
+            rec["time"] = train_time
+            rec["epoch_time"] = time.perf_counter() - t0
+            rec["elapsed"] = self.state["elapsed"]
+            with open(mpath, "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+            self.state["epoch"] = epoch + 1
+            self._checkpoint()
+            if self.progress:
+                print(f"epoch {epoch + 1:3d}/{r.epochs} {phase:6s} loss {train['loss']:.4f} "
+                      f"val_acc {val['acc']:.4f} sparsity {rec['sparsity']:.3f} ({rec['epoch_time']:.1f}s)",
+                      flush=True)
+        return TrainResult(self.out_dir, self._finish())
+
+    def _finish(self) -> dict[str, Any]:
+        r = self.recipe
+        finalize = getattr(self.method, "finalize", None)
+        if callable(finalize):
+            finalize()
+        val = evaluate(self.model, self.val_loader, self.task, self.device, r.eval_max_batches, self._amp_ctx)
+        final_sparsity = self.method.sparsity()
+        meta = {"epoch": r.epochs - 1, "val_acc": val["acc"], "val_loss": val["loss"], "sparsity": final_sparsity,
+                "method": r.method_name}
+        save_model(self.out_dir / "final.safetensors", self.model, meta)
+        summary: dict[str, Any] = {
+            "name": r.name, "method": r.method_name, "target_sparsity": r.sparsity, "epochs": r.epochs,
+            "final": {"val_acc": val["acc"], "val_loss": val["loss"], "sparsity": final_sparsity},
+            "files": {"final": "final.safetensors", "metrics": "metrics.jsonl", "last": "last"},
+            "wall_time": self.state["elapsed"],
+        }
+        if self.task == "lm":
+            summary["final"]["val_ppl"] = math.exp(min(val["loss"], 50.0))
+        if self.method.phase == "sparse" or r.method_name != "dense":
+            save_model(self.out_dir / "sparse.safetensors", self.model, meta)
+            summary["sparse"] = dict(summary["final"])
+            summary["files"]["sparse"] = "sparse.safetensors"
+        if self.state.get("best_dense"):
+            summary["dense"] = {k: v for k, v in self.state["best_dense"].items() if k != "score"}
+            summary["files"]["dense"] = "dense.safetensors"
+        if r.measure_flops:
+            summary["train_flops_rel"] = self.state["train_flops_cum"] / r.epochs
+            summary["inference_flops_rel"] = float(inference_flops(self.model, self.example)) / self.f_dense
+            summary["dense_inference_flops"] = self.f_dense
+        atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=2))
+        return summary
+
+
+def train(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, progress: bool | None = None) -> TrainResult:
+    """Train ``recipe`` into ``out_dir`` (``--resume`` continues from ``out_dir/last``)."""
+    return Trainer(recipe, out_dir, resume=resume, progress=progress).run()
