@@ -160,6 +160,8 @@ def n_m(weight: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
     if cin % m:
         raise ValueError(f"N:M: input channels ({cin}) are not a multiple of m={m}; skip this layer")
     w = weight.detach().abs().float()
+    if not torch.isfinite(w).all():
+        raise ValueError("N:M: weights contain NaN or inf; cannot rank by magnitude (check the training loss)")
     w = w.movedim(1, -1)  # (out, *kernel, cin)
     shape = w.shape
     g = w.reshape(*shape[:-1], cin // m, m)

@@ -18,6 +18,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,7 +167,8 @@ class Trainer:
 
     def __init__(self, recipe: Recipe, out_dir: str | Path, *, resume: bool = False, progress: bool | None = None,
                  init_weights: str | Path | None = None, start_epoch: int = 0,
-                 bundle: data_mod.DataBundle | None = None) -> None:
+                 bundle: data_mod.DataBundle | None = None,
+                 epoch_hooks: list[Callable[[Trainer, int], dict[str, Any]]] | None = None) -> None:
         self.recipe = recipe
         self.out_dir = Path(out_dir)
         self.resume = resume
@@ -174,6 +176,8 @@ class Trainer:
         self.init_weights = init_weights
         self.start_epoch = start_epoch
         self._bundle = bundle
+        # called after each epoch's validation (before the phase transition); returned dicts join metrics.jsonl
+        self.epoch_hooks = list(epoch_hooks or [])
 
     # -------------------------------------------------------------- setup (all validation happens here)
     def setup(self) -> None:
@@ -353,6 +357,8 @@ class Trainer:
                            train_flops_epoch_rel=rel_epoch,
                            train_flops_cum_rel=self.state["train_flops_cum"] / r.epochs,
                            train_flops_samples=len(self.bundle.train))
+            for hook in self.epoch_hooks:
+                rec.update(hook(self, epoch) or {})
             rec.update(self._pending)
             self._pending = {}
             # best dense checkpoint (AC/DC dense phases, dense baseline)
