@@ -119,6 +119,11 @@ def _type_ok(value: Any, ftype: Any) -> Any:
     if t == "float":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise TypeError("a number")
     if t == "str":
         if isinstance(value, str):
@@ -207,6 +212,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
             raise RecipeError(f"--set has an empty key in {item!r}")
         try:
             value = yaml.safe_load(text) if text.strip() else ""
+            if isinstance(value, str):
+                try:  # YAML 1.1 reads `1e-3` as a string; a number is meant
+                    value = float(value)
+                except ValueError:
+                    pass
         except yaml.YAMLError as e:
             raise RecipeError(f"--set {key}: cannot parse value {text!r}: {e}") from None
         node = out
