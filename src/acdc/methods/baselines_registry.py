@@ -1,0 +1,93 @@
+"""Registry builders for the baselines: ``gmp``, ``oneshot``, ``rigl``, ``set``, ``topkast``, ``str``.
+
+Each builder receives the run context (``steps_per_epoch``, ``epochs``, ``sparsity``) and the recipe's method
+block as keyword options; unknown options raise ``ValueError`` naming them. Times given in epochs may be fractional.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .gmp import GMP
+from .oneshot import OneShot
+from .registry import _check_keys, register
+from .rigl import RigL
+from .set import SET
+from .str import STR, str_threshold_decay
+from .topkast import TopKAST
+
+COMMON = {"include", "exclude"}
+GMP_OPTIONS = COMMON | {"start_epoch", "end_epoch", "initial_sparsity", "update_every", "target"}
+ONESHOT_OPTIONS = COMMON | {"target", "from_checkpoint"}
+DROPGROW_OPTIONS = COMMON | {"distribution", "erk_power_scale", "update_every", "end_fraction", "alpha", "decay",
+                             "init", "seed"}
+TOPKAST_OPTIONS = COMMON | {"backward_sparsity", "update_every", "l2", "target"}
+STR_OPTIONS = COMMON | {"s_init", "threshold_decay", "reach_fraction", "mean_lr_factor"}
+
+
+@register("gmp")
+def _gmp(model, optimizer, *, steps_per_epoch, epochs, sparsity, start_epoch=None, end_epoch=None,
+         update_every=None, **opts):
+    """Defaults: ramp from 10% to 75% of training, pruning once per epoch (``update_every`` = steps_per_epoch)."""
+    _check_keys("gmp", opts, GMP_OPTIONS)
+    start = 0.1 * epochs if start_epoch is None else float(start_epoch)
+    end = 0.75 * epochs if end_epoch is None else float(end_epoch)
+    if not 0 <= start <= end <= epochs:
+        raise ValueError(f"gmp: need 0 <= start_epoch <= end_epoch <= epochs ({epochs}), got {start}, {end}")
+    return GMP(model, optimizer, sparsity=sparsity, start_step=int(round(start * steps_per_epoch)),
+               end_step=int(round(end * steps_per_epoch)), update_every=update_every or steps_per_epoch,
+               steps_per_epoch=steps_per_epoch, **opts)
+
+
+@register("oneshot")
+def _oneshot(model, optimizer, *, steps_per_epoch, epochs, sparsity, from_checkpoint=None, **opts):
+    """``from_checkpoint`` is loaded into the model by the training loop before this builder runs."""
+    _check_keys("oneshot", opts, ONESHOT_OPTIONS)
+    return OneShot(model, optimizer, sparsity=sparsity, steps_per_epoch=steps_per_epoch, **opts)
+
+
+@register("rigl")
+def _rigl(model, optimizer, *, steps_per_epoch, epochs, sparsity, **opts):
+    """Defaults: ERK, update_every=100, end_fraction=0.75, alpha=0.3, cosine decay, random init, seed 0."""
+    _check_keys("rigl", opts, DROPGROW_OPTIONS)
+    return RigL(model, optimizer, sparsity=sparsity, total_steps=epochs * steps_per_epoch,
+                steps_per_epoch=steps_per_epoch, **opts)
+
+
+@register("set")
+def _set(model, optimizer, *, steps_per_epoch, epochs, sparsity, **opts):
+    """As ``rigl`` but random growth and ``distribution="uniform"`` by default."""
+    _check_keys("set", opts, DROPGROW_OPTIONS)
+    return SET(model, optimizer, sparsity=sparsity, total_steps=epochs * steps_per_epoch,
+               steps_per_epoch=steps_per_epoch, **opts)
+
+
+@register("topkast")
+def _topkast(model, optimizer, *, steps_per_epoch, epochs, sparsity, **opts):
+    """Defaults: backward_sparsity = sparsity - 0.1 (>= 0), update_every=100, l2=1e-4, target uniform."""
+    _check_keys("topkast", opts, TOPKAST_OPTIONS)
+    return TopKAST(model, optimizer, sparsity=sparsity, steps_per_epoch=steps_per_epoch, **opts)
+
+
+@register("str")
+def _str(model, optimizer, *, steps_per_epoch, epochs, sparsity, s_init=-5.0, threshold_decay="auto",
+         reach_fraction=0.5, mean_lr_factor=0.5, **opts):
+    """``threshold_decay="auto"`` (SGD only) picks s_init/decay with :func:`str_threshold_decay` so weight decay
+    alone would reach the target's magnitude threshold at ``reach_fraction`` of training, with the learning rate
+    averaging ``mean_lr_factor`` × its initial value (0.5: cosine; 1.0: constant). Reaching it halfway leaves
+    room for the loss gradient, which pulls thresholds down."""
+    _check_keys("str", opts, STR_OPTIONS)
+    if threshold_decay == "auto":
+        if not isinstance(optimizer, torch.optim.SGD):
+            raise ValueError("str: threshold_decay='auto' assumes SGD; give a number for "
+                             f"{type(optimizer).__name__} (e.g. threshold_decay: 1e-4)")
+        from ..targets import prunable_parameters
+
+        params = prunable_parameters(model, opts.get("include"), opts.get("exclude"))
+        g = optimizer.param_groups[0]
+        s_init, threshold_decay = str_threshold_decay(
+            params, sparsity, max(1, int(reach_fraction * epochs * steps_per_epoch)),
+            mean_lr_factor * g.get("initial_lr", g["lr"]),
+            g.get("momentum", 0.0), s_init)
+    return STR(model, optimizer, sparsity=sparsity, s_init=s_init, threshold_decay=float(threshold_decay),
+               steps_per_epoch=steps_per_epoch, **opts)

@@ -1,0 +1,99 @@
+"""Gradual magnitude pruning (Zhu & Gupta 2017): a cubic sparsity ramp, then fine-tuning at the final mask."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..masks import check_sparsity, pruned_count
+from ..sparsify import mask_optimizer_state
+from ..targets import Target
+from .base import SparseMethod
+from .distributions import keep_count, topk_within
+
+
+class GMP(SparseMethod):
+    """Prune by magnitude every ``update_every`` steps from ``start_step`` to ``end_step`` following
+
+        s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (t_end - t0)) ** 3      (t0 <= t <= t_end)
+
+    (dense before ``t0``, ``s_f`` after), then keep the final mask to the end of training. Prune steps are
+    ``t0, t0 + Δt, ...`` and ``t_end`` itself. Masks only shrink: the top-k is taken among the currently kept
+    weights (pruned ones are 0 anyway). ``target``: ``global`` (one top-k over all layers) or ``uniform``.
+    """
+
+    name = "gmp"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        sparsity: float,
+        start_step: int,
+        end_step: int,
+        update_every: int,
+        initial_sparsity: float = 0.0,
+        steps_per_epoch: int | None = None,
+        target: str | Target = "global",
+        include: str | Iterable[str] | None = None,
+        exclude: str | Iterable[str] | None = None,
+        mask_weights: bool | str = "auto",
+        auto_step: bool = False,
+    ) -> None:
+        if Target.parse(target).is_nm:
+            raise ValueError("gmp: target must be 'global' or 'uniform' (N:M has no gradual ramp; use 'oneshot')")
+        super().__init__(model, optimizer, sparsity=sparsity, steps_per_epoch=steps_per_epoch, target=target,
+                         include=include, exclude=exclude, mask_weights=mask_weights, auto_step=auto_step)
+        if not (isinstance(update_every, int) and update_every >= 1):
+            raise ValueError(f"gmp: update_every must be a positive number of steps, got {update_every!r}")
+        if not (0 <= start_step <= end_step):
+            raise ValueError(f"gmp: need 0 <= start_step <= end_step, got {start_step}, {end_step}")
+        self.initial_sparsity = check_sparsity(initial_sparsity, "initial_sparsity")
+        if self.initial_sparsity > self.sparsity_target:
+            raise ValueError(f"gmp: initial_sparsity {initial_sparsity} exceeds the final sparsity {sparsity}")
+        self.start_step, self.end_step, self.update_every = int(start_step), int(end_step), update_every
+        self._maybe_prune()
+
+    def sparsity_at(self, step: int) -> float:
+        """Scheduled sparsity at optimizer step ``step`` (0 before the ramp starts)."""
+        t0, t1, si, sf = self.start_step, self.end_step, self.initial_sparsity, self.sparsity_target
+        if step < t0:
+            return 0.0
+        if step >= t1:
+            return sf
+        return sf + (si - sf) * (1.0 - (step - t0) / (t1 - t0)) ** 3
+
+    def is_prune_step(self, step: int) -> bool:
+        return self.start_step <= step <= self.end_step and (
+            (step - self.start_step) % self.update_every == 0 or step == self.end_step)
+
+    @torch.no_grad()
+    def _maybe_prune(self) -> None:
+        if not self.is_prune_step(self.steps):
+            return
+        s = self.sparsity_at(self.steps)
+        w = self.masked.weights()
+        old = self.masked.masks
+        if self.target.kind == "uniform":
+            masks = {}
+            for n, t in w.items():
+                masks.update(topk_within({n: t}, None if old is None else {n: old[n]}, keep_count(t.numel(), s)))
+        else:
+            total = self.masked.numel()
+            masks = topk_within(w, old, total - pruned_count(total, s))
+        self.masked.set_masks(masks, apply=True)
+        mask_optimizer_state(self.optimizer, self.masked.params, masks)
+        self._emit("update", sparsity=s, masks=masks)
+
+    def _on_step(self) -> None:
+        self._maybe_prune()
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd.update(start_step=self.start_step, end_step=self.end_step, update_every=self.update_every,
+                  initial_sparsity=self.initial_sparsity, sparsity=self.sparsity_target)
+        return sd

@@ -1,0 +1,151 @@
+"""RigL (Evci et al. 2020): sparse from the start; periodically drop the smallest weights, grow by dense gradient.
+
+:class:`DropGrow` holds the schedule and the drop/grow update shared with SET (:mod:`acdc.methods.set`), which
+differs only in how it scores the positions to grow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..sparsify import mask_optimizer_state
+from .base import SparseMethod
+from .distributions import DISTRIBUTIONS, keep_count, layer_sparsities, random_masks, topk_within
+
+
+class DropGrow(SparseMethod):
+    """Fixed per-layer sparsity (``distribution``: erk / uniform / global); every ``update_every`` steps while
+    ``step < end_fraction * total_steps``, in each layer:
+
+    - drop ``round(α_t · n_active)`` active weights of smallest |w|, α_t = α/2 · (1 + cos(π t / T_end))
+      (``decay="constant"``: α_t = α);
+    - grow as many positions among those not kept (a just-dropped weight may be regrown and keeps its value, as in
+      the paper's Algorithm 1 and the reference code), by :meth:`_grow_scores`; new weights start at 0 with zero
+      optimizer state.
+
+    The update runs after the optimizer step of the update iteration (the reference skips that step instead).
+    Initial masks: ``init="random"`` (the paper) or ``"magnitude"``. Ties: lowest index first.
+    """
+
+    name = "dropgrow"
+    _needs_grads = True  # capture |dense gradient| on update steps (RigL); SET grows at random
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        sparsity: float,
+        total_steps: int,
+        distribution: str = "erk",
+        erk_power_scale: float = 1.0,
+        update_every: int = 100,
+        end_fraction: float = 0.75,
+        alpha: float = 0.3,
+        decay: str = "cosine",
+        init: str = "random",
+        seed: int = 0,
+        steps_per_epoch: int | None = None,
+        include: str | Iterable[str] | None = None,
+        exclude: str | Iterable[str] | None = None,
+        mask_weights: bool | str = "auto",
+        auto_step: bool = False,
+    ) -> None:
+        super().__init__(model, optimizer, sparsity=sparsity, steps_per_epoch=steps_per_epoch, target="uniform",
+                         include=include, exclude=exclude, mask_weights=mask_weights, auto_step=auto_step)
+        if distribution not in DISTRIBUTIONS:
+            raise ValueError(f"{self.name}: distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+        if decay not in ("cosine", "constant"):
+            raise ValueError(f"{self.name}: decay must be 'cosine' or 'constant', got {decay!r}")
+        if init not in ("random", "magnitude"):
+            raise ValueError(f"{self.name}: init must be 'random' or 'magnitude', got {init!r}")
+        if not (isinstance(update_every, int) and update_every >= 1):
+            raise ValueError(f"{self.name}: update_every must be a positive number of steps, got {update_every!r}")
+        if not 0.0 <= alpha <= 1.0 or not 0.0 <= end_fraction <= 1.0:
+            raise ValueError(f"{self.name}: alpha and end_fraction must be in [0, 1], got {alpha}, {end_fraction}")
+        self.update_every, self.alpha, self.decay = update_every, float(alpha), decay
+        self.end_step = int(round(end_fraction * total_steps))
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.layer_sparsity_target = layer_sparsities(distribution, self.masked.params, self.sparsity_target,
+                                                      erk_power_scale)
+        with torch.no_grad():
+            if init == "random":
+                masks = random_masks(self.masked.params, self.layer_sparsity_target, self.generator)
+            else:
+                w = self.masked.weights()
+                masks = {}
+                for n, t in w.items():
+                    masks.update(topk_within({n: t}, None, keep_count(t.numel(), self.layer_sparsity_target[n])))
+            self.masked.set_masks(masks, apply=True)
+            mask_optimizer_state(self.optimizer, self.masked.params, masks)
+        self._grads: dict[str, torch.Tensor] | None = None
+        self._emit("compress", masks=masks)
+
+    # ------------------------------------------------------------------ schedule
+    def is_update_step(self, step: int) -> bool:
+        return step > 0 and step % self.update_every == 0 and step < self.end_step
+
+    def drop_fraction(self, step: int) -> float:
+        if self.decay == "constant":
+            return self.alpha
+        return self.alpha / 2 * (1 + math.cos(math.pi * step / self.end_step))
+
+    # ------------------------------------------------------------------ hooks
+    def _pre_step(self) -> None:
+        if self.is_update_step(self.steps + 1) and self._needs_grads:
+            self._grads = {n: p.grad.detach().abs() if p.grad is not None else torch.zeros_like(p)
+                           for n, p in self.masked.params.items()}  # abs() copies: read before masking
+        super()._pre_step()
+
+    def _grow_scores(self, name: str, param: torch.Tensor) -> torch.Tensor:
+        """Higher = grown first. RigL: |dense gradient| captured in the pre-step hook."""
+        assert self._grads is not None
+        return self._grads[name]
+
+    @torch.no_grad()
+    def _on_step(self) -> None:
+        if not self.is_update_step(self.steps):
+            return
+        if self._needs_grads and self._grads is None:  # optimizer.step() was skipped (e.g. AMP overflow)
+            self._emit("update_skipped", reason="no dense gradient captured")
+            return
+        frac = self.drop_fraction(self.steps)
+        old = self.masked.masks
+        assert old is not None
+        new, dropped, grown = {}, 0, 0
+        for n, p in self.masked.params.items():
+            m = old[n]
+            n_active = int(m.sum())
+            n_drop = int(round(frac * n_active))
+            keep = topk_within({n: p.detach()}, {n: m}, n_active - n_drop)[n]
+            grow = topk_within({n: self._grow_scores(n, p)}, {n: ~keep}, n_drop)[n]
+            new[n] = keep | grow
+            dropped += int((m & ~new[n]).sum())
+            grown += int((new[n] & ~m).sum())
+        self._grads = None
+        # a newly grown position had weight 0 and (being pruned) zero state; zero it again to be explicit
+        self.masked.set_masks(new, apply=True)
+        mask_optimizer_state(self.optimizer, self.masked.params, {n: new[n] & old[n] for n in new})
+        self._emit("update", drop_fraction=frac, dropped=dropped, grown=grown, masks=new)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd.update(generator=self.generator.get_state(), layer_sparsity=dict(self.layer_sparsity_target))
+        return sd
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.generator.set_state(state["generator"])
+        self.layer_sparsity_target = dict(state.get("layer_sparsity", self.layer_sparsity_target))
+
+
+class RigL(DropGrow):
+    """RigL: grow the inactive positions with the largest dense-gradient magnitude (read only on update steps)."""
+
+    name = "rigl"

@@ -1,0 +1,144 @@
+"""Top-KAST (Jayakumar et al. 2020): sparse forward set A, larger backward set B ⊇ A, dense parameters kept."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..masks import check_sparsity
+from ..sparsify import mask_optimizer_state
+from ..targets import Target
+from .base import SparseMethod
+
+
+class TopKAST(SparseMethod):
+    """Top-KAST over the full parameters θ (kept dense, as in the paper):
+
+    - forward: the model's weights hold θ ⊙ A, A = top-k of |θ| at ``sparsity``; the values outside A live in a
+      *stash* (one dense tensor per layer, θ ⊙ ¬A) — no forward hooks;
+    - optimizer pre-step hook: restore θ from the stash, mask gradients to B (top-k of |θ| at
+      ``backward_sparsity``), add the exploration penalty gradient (λ/D)·θ on B \\ A (D = forward density, i.e. the
+      loss term λ/(2D)·Σ_{B\\A} θ²; A gets the optimizer's own weight decay only);
+    - post-step hook: weights outside B are put back to their stashed values (so optimizer weight decay cannot
+      move them: only B is trained), the stash is refreshed and the weights outside A zeroed again;
+    - every ``update_every`` steps A and B are recomputed from |θ| (``target``: uniform per layer as in the paper,
+      or global); optimizer state is zeroed for positions leaving or entering B.
+
+    Memory: one stash tensor per prunable weight. A ⊆ B always (same ranking, same tie-break).
+    """
+
+    name = "topkast"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        sparsity: float,
+        backward_sparsity: float | None = None,
+        update_every: int = 100,
+        l2: float = 1e-4,
+        steps_per_epoch: int | None = None,
+        target: str | Target = "uniform",
+        include: str | Iterable[str] | None = None,
+        exclude: str | Iterable[str] | None = None,
+        mask_weights: bool | str = "auto",
+        auto_step: bool = False,
+    ) -> None:
+        if Target.parse(target).is_nm:
+            raise ValueError("topkast: target must be 'uniform' or 'global'")
+        super().__init__(model, optimizer, sparsity=sparsity, steps_per_epoch=steps_per_epoch, target=target,
+                         include=include, exclude=exclude, mask_weights=mask_weights, auto_step=auto_step)
+        if backward_sparsity is None:
+            backward_sparsity = max(0.0, self.sparsity_target - 0.1)
+        self.backward_sparsity = check_sparsity(backward_sparsity, "backward_sparsity")
+        if self.backward_sparsity > self.sparsity_target:
+            raise ValueError(f"topkast: backward_sparsity {backward_sparsity} must be <= sparsity {sparsity}")
+        if not (isinstance(update_every, int) and update_every >= 1):
+            raise ValueError(f"topkast: update_every must be a positive number of steps, got {update_every!r}")
+        self.update_every, self.l2 = update_every, float(l2)
+        self.stash = {n: torch.zeros_like(p) for n, p in self.masked.params.items()}
+        self.bmasks: dict[str, torch.Tensor] = {}
+        self._refresh(first=True)
+
+    @torch.no_grad()
+    def _theta(self) -> dict[str, torch.Tensor]:
+        """The full parameters θ: kept weights from the model, the rest from the stash."""
+        a = self.masked.masks
+        if a is None:
+            return self.masked.weights()
+        return {n: torch.where(a[n], p.detach(), self.stash[n]) for n, p in self.masked.params.items()}
+
+    @torch.no_grad()
+    def _refresh(self, first: bool = False) -> None:
+        theta = self._theta()
+        fwd = self.target.compute(theta, self.sparsity_target)
+        bwd = self.target.compute(theta, self.backward_sparsity)
+        bwd = {n: bwd[n] | fwd[n] for n in bwd}  # nested already (same ranking and tie-break); made explicit
+        if not first:  # zero the state of positions leaving or entering B
+            mask_optimizer_state(self.optimizer, self.masked.params, {n: bwd[n] & self.bmasks[n] for n in bwd})
+        else:
+            mask_optimizer_state(self.optimizer, self.masked.params, bwd)
+        self.bmasks = bwd
+        self._fb = {n: m.to(self.masked.params[n].dtype) for n, m in bwd.items()}
+        for n, p in self.masked.params.items():
+            self.stash[n].copy_(theta[n].masked_fill(fwd[n], 0))
+            p.copy_(theta[n].masked_fill(~fwd[n], 0))
+        self.masked.set_masks(fwd, apply=False)
+        self._emit("update", masks=fwd, backward_masks=bwd)
+
+    @property
+    def backward_masks(self) -> dict[str, torch.Tensor]:
+        return self.bmasks
+
+    @property
+    def forward_density(self) -> float:
+        return 1.0 - self.sparsity_target
+
+    # ------------------------------------------------------------------ hooks
+    @torch.no_grad()
+    def _pre_step(self) -> None:
+        a = self.masked.masks
+        assert a is not None
+        coef = self.l2 / self.forward_density
+        for n, p in self.masked.params.items():
+            p.copy_(torch.where(a[n], p, self.stash[n]))  # θ, so the update sees the full parameter
+            if p.grad is not None:
+                p.grad.mul_(self._fb[n])  # only B is trained
+                if coef:
+                    p.grad.addcmul_(self.stash[n], self._fb[n], value=coef)  # stash·B = θ on B \ A
+
+    @torch.no_grad()
+    def _post_step(self) -> None:
+        a = self.masked.masks
+        assert a is not None
+        for n, p in self.masked.params.items():
+            p.copy_(torch.where(self.bmasks[n], p, self.stash[n]))  # outside B: unchanged
+            self.stash[n].copy_(p.masked_fill(a[n], 0))
+            p.masked_fill_(~a[n], 0)
+        if self.auto_step:
+            self.step()
+
+    def _on_step(self) -> None:
+        if self.steps % self.update_every == 0:
+            self._refresh()
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd.update(stash={n: t.clone() for n, t in self.stash.items()},
+                  backward_masks={n: m.clone() for n, m in self.bmasks.items()},
+                  sparsity=self.sparsity_target, backward_sparsity=self.backward_sparsity)
+        return sd
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        with torch.no_grad():
+            for n, t in state["stash"].items():
+                self.stash[n].copy_(t)
+        self.bmasks = {n: m.to(device=self.masked.params[n].device, dtype=torch.bool)
+                       for n, m in state["backward_masks"].items()}
+        self._fb = {n: m.to(self.masked.params[n].dtype) for n, m in self.bmasks.items()}

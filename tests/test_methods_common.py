@@ -1,0 +1,120 @@
+"""Behaviour every baseline shares: pruned weights stay exactly zero, and state_dict resumes bit-identically."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from acdc.methods import build_method
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread is much faster on a shared machine (restored afterwards)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+STEPS_PER_EPOCH, EPOCHS = 10, 6
+OPTIONS = {
+    "gmp": {"start_epoch": 0, "end_epoch": 3, "update_every": 3},
+    "oneshot": {},
+    "rigl": {"update_every": 5},
+    "set": {"update_every": 5, "distribution": "erk"},
+    "topkast": {"update_every": 5, "l2": 1e-2},
+    "str": {"threshold_decay": 1e-2},
+}
+METHODS = sorted(OPTIONS)
+
+
+def make_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 16), nn.ReLU(),
+                         nn.Linear(16, 5))
+
+
+def batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 + i)
+    return torch.randn(8, 2, 6, 6, generator=g), torch.randint(0, 5, (8,), generator=g)
+
+
+def make_opt(model: nn.Module, kind: str) -> torch.optim.Optimizer:
+    if kind == "adam":
+        return torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-3)
+    return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
+
+
+def build(name: str, model: nn.Module, opt: torch.optim.Optimizer):
+    return build_method(name, model, opt, steps_per_epoch=STEPS_PER_EPOCH, epochs=EPOCHS, sparsity=0.8,
+                        options=OPTIONS[name])
+
+
+def train(model, opt, method, steps: range, check=None) -> None:
+    for i in steps:
+        x, y = batch(i)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        method.step()
+        if check is not None:
+            check(method)
+
+
+def check_zeros(method) -> None:
+    masks = method.masks
+    if masks is None:
+        return
+    weights = method.effective_weights() if hasattr(method, "effective_weights") else method.masked.weights()
+    for n, w in weights.items():
+        assert not bool(w[~masks[n]].any()), f"{method.name}: pruned weights of {n} moved"
+
+
+@pytest.mark.parametrize("opt_kind", ["sgd", "adam"])
+@pytest.mark.parametrize("name", METHODS)
+def test_pruned_weights_stay_zero(name: str, opt_kind: str) -> None:
+    model = make_model()
+    opt = make_opt(model, opt_kind)
+    method = build(name, model, opt)
+    train(model, opt, method, range(60), check_zeros)
+    if name == "str":  # STR's zeros come from the thresholds; after finalize() its support is a fixed mask
+        method.finalize()
+        check_zeros(method)
+        train(model, opt, method, range(60, 70), check_zeros)
+    assert method.phase == "sparse" and method.yields_dense is False
+    assert method.sparsity() > 0
+
+
+def snapshot(model, opt, method):
+    return copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()), copy.deepcopy(method.state_dict())
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_state_dict_round_trip_is_bit_identical(name: str) -> None:
+    model = make_model()
+    opt = make_opt(model, "sgd")
+    method = build(name, model, opt)
+    train(model, opt, method, range(14))
+    msd, osd, sd = snapshot(model, opt, method)
+    train(model, opt, method, range(14, 35))
+    want = copy.deepcopy(model.state_dict())
+
+    model2 = make_model(seed=1)
+    opt2 = make_opt(model2, "sgd")
+    method2 = build(name, model2, opt2)
+    model2.load_state_dict(msd)
+    opt2.load_state_dict(osd)
+    method2.load_state_dict(sd)
+    assert method2.steps == 14
+    train(model2, opt2, method2, range(14, 35))
+    got = model2.state_dict()
+    assert want.keys() == got.keys()
+    for k in want:
+        assert torch.equal(want[k], got[k]), f"{name}: {k} differs after resume"
+    m1, m2 = method.masks, method2.masks
+    assert (m1 is None) == (m2 is None)
+    if m1 is not None:
+        assert all(torch.equal(m1[n], m2[n]) for n in m1)
