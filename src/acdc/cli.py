@@ -12,6 +12,9 @@ import sys
 
 COMMAND_MODULES = [
     "acdc.commands.train",
+    "acdc.commands.report",
+    "acdc.commands.agree",
+    "acdc.commands.memorize",
 ]
 
 
