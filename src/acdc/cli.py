@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "acdc.commands.report",
     "acdc.commands.agree",
     "acdc.commands.memorize",
+    "acdc.commands.compare",
 ]
 
 

@@ -149,3 +149,23 @@ class RigL(DropGrow):
     """RigL: grow the inactive positions with the largest dense-gradient magnitude (read only on update steps)."""
 
     name = "rigl"
+
+    def training_flops_per_sample(self, f_current: float, f_dense: float) -> float:
+        """Training FLOPs per sample of the epoch just trained (the RigL paper's convention).
+
+        While drop/grow updates happen (steps before ``end_fraction * total_steps``) every ``ΔT = update_every``
+        steps one step also computes the dense gradient: ``(3 f_s ΔT + 2 f_s + f_d) / (ΔT + 1)``; afterwards a
+        step costs ``3 f_s``. An epoch straddling the end of updates is weighted by the fraction of its steps
+        before it. The training loop calls this after the epoch's training, before the epoch's last
+        :meth:`step`, so ``steps // steps_per_epoch`` is the epoch's index.
+        """
+        from ..measure.flops import rigl_epoch_flops
+
+        updating = rigl_epoch_flops(f_current, f_dense, self.update_every)
+        static = 3.0 * f_current
+        spe = self.steps_per_epoch
+        if not spe:  # stepped once per epoch: this epoch updates iff it is before the end
+            return updating if self.steps < self.end_step else static
+        start = (self.steps // spe) * spe
+        frac = min(1.0, max(0.0, (self.end_step - start) / spe))
+        return frac * updating + (1.0 - frac) * static

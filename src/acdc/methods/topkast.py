@@ -98,6 +98,20 @@ class TopKAST(SparseMethod):
     def forward_density(self) -> float:
         return 1.0 - self.sparsity_target
 
+    def training_flops_per_sample(self, f_current: float, f_dense: float) -> float:
+        """Training FLOPs per sample: ``f_A + f_A + f_B`` (forward and error back-propagation through the forward
+        set A, weight gradients for the backward set B), :func:`~acdc.measure.flops.topkast_epoch_flops`.
+
+        ``f_current`` is the measured inference cost at A's density ``d_A``. ``f_B`` is interpolated linearly
+        between ``(d_A, f_current)`` and ``(1, f_dense)`` at ``d_B = 1 - backward_sparsity``: exact for the
+        ``uniform`` target (FLOPs are affine in a common layer density), an approximation for ``global``.
+        """
+        from ..measure.flops import topkast_epoch_flops
+
+        d_a, d_b = 1.0 - self.sparsity_target, 1.0 - self.backward_sparsity
+        f_b = f_current if d_a >= 1.0 else f_current + (f_dense - f_current) * (d_b - d_a) / (1.0 - d_a)
+        return topkast_epoch_flops(f_current, f_b)
+
     # ------------------------------------------------------------------ hooks
     @torch.no_grad()
     def _pre_step(self) -> None:

@@ -1,0 +1,412 @@
+"""Equal-budget comparison of sparse-training methods: every (method, sparsity, seed) on one recipe, one table.
+
+Each run uses the recipe's model, data, optimizer, LR schedule and number of epochs; only the ``method:`` block
+changes. Method options from the recipe's method block apply only to the method of the same name; every other
+method uses its registry defaults, plus ``--method-opt METHOD.key=value``. Specifics:
+
+- ``dense`` runs once per seed (not per sparsity); its run dir is ``dense-s0-seed<k>``.
+- ``acdc`` keeps the recipe's ``schedule`` when the recipe's method is acdc, else uses ``paper_imagenet``
+  stretched to the recipe's epochs (the registry default). Each finished AC/DC run is also fine-tuned densely
+  from its best dense checkpoint to the end of the schedule (:func:`acdc.commands.train.finetune_dense`).
+- ``oneshot`` prunes the *final* model of the dense run of the same seed (trained first if needed) and
+  fine-tunes it for ``oneshot_epochs`` epochs (default: 25% of the recipe's epochs, at least 1) on the tail of
+  the recipe's LR schedule (the run starts at epoch ``epochs - oneshot_epochs``, no warm-up). Its training FLOPs
+  and wall time include the dense pre-training.
+- Seed ``k`` uses ``recipe.seed + k``.
+
+Runs resume: a run dir with ``summary.json`` is skipped; one with ``last/`` continues (``Trainer(resume=True)``).
+A run dir whose ``recipe.yaml`` differs from the recipe it would now get is an error (use another ``--out``).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .methods import available
+from .train.recipe import Recipe, RecipeError, apply_overrides, dump_recipe, parse_recipe
+
+try:
+    from tqdm.auto import tqdm
+except ImportError:  # pragma: no cover
+    tqdm = None
+
+DASH = "–"
+CSV_COLUMNS = [
+    "method", "target_sparsity", "seeds",
+    "top1_mean", "top1_std", "sparsity_mean",
+    "dense_top1_mean", "dense_top1_std", "dense_ft_top1_mean", "dense_ft_top1_std",
+    "inference_flops_rel", "train_flops_rel", "wall_time_s",
+]
+
+
+@dataclass
+class RunSpec:
+    """One training run of the comparison."""
+
+    method: str
+    sparsity: float  # 0 for dense
+    seed_index: int
+    recipe: Recipe
+    start_epoch: int = 0  # > 0 for oneshot fine-tuning
+    init_from: str | None = None  # run name whose final.safetensors initialises this run (oneshot)
+
+    @property
+    def name(self) -> str:
+        return run_name(self.method, self.sparsity, self.seed_index)
+
+
+@dataclass
+class CompareResult:
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def markdown(self) -> Path:
+        return self.out_dir / "compare.md"
+
+    @property
+    def csv(self) -> Path:
+        return self.out_dir / "compare.csv"
+
+
+def run_name(method: str, sparsity: float, seed_index: int) -> str:
+    return f"{method}-s{sparsity:g}-seed{seed_index}"
+
+
+def parse_method_opts(items: Sequence[str] | None) -> dict[str, list[str]]:
+    """``["rigl.update_every=50", ...]`` -> ``{"rigl": ["update_every=50"], ...}``."""
+    out: dict[str, list[str]] = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        method, dot, opt = key.strip().partition(".")
+        if not eq or not dot or not method or not opt:
+            raise RecipeError(f"--method-opt expects METHOD.key=value, got {item!r}")
+        out.setdefault(method, []).append(f"{opt}={value}")
+    return out
+
+
+def default_oneshot_epochs(epochs: int) -> int:
+    return max(1, round(0.25 * epochs))
+
+
+def plan_runs(
+    raw: dict[str, Any],
+    methods: Sequence[str],
+    sparsities: Sequence[float],
+    seeds: int,
+    *,
+    method_opts: Sequence[str] | None = None,
+    oneshot_epochs: int | None = None,
+) -> list[RunSpec]:
+    """Every run of the comparison, in execution order (seed-major; a seed's dense run comes first)."""
+    known = set(available())
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; available: {sorted(known)}")
+    if not methods:
+        raise ValueError("--methods is empty")
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    for s in sparsities:
+        if not 0 < s < 1:
+            raise ValueError(f"--sparsity values must be in (0, 1), got {s}")
+    opts = parse_method_opts(method_opts)
+    stray = sorted(set(opts) - set(methods))
+    if stray:
+        raise ValueError(f"--method-opt names method(s) {stray} not in --methods")
+    base = parse_recipe(raw)  # validate once, with a clear error
+    epochs = base.epochs
+    ft_epochs = default_oneshot_epochs(epochs) if oneshot_epochs is None else int(oneshot_epochs)
+    if "oneshot" in methods and not 1 <= ft_epochs <= epochs:
+        raise ValueError(f"--oneshot-epochs must be in [1, {epochs}], got {ft_epochs}")
+    rec_method = dict(raw.get("method") or {"name": "dense"})
+    if isinstance(raw.get("method"), str):
+        rec_method = {"name": raw["method"]}
+
+    def recipe_for(method: str, sparsity: float, k: int) -> Recipe:
+        r = copy.deepcopy(raw)
+        r["seed"] = base.seed + k
+        r["name"] = f"{base.name}-{run_name(method, sparsity, k)}"
+        block = {k2: v for k2, v in rec_method.items() if k2 != "sparsity"} if rec_method.get("name") == method \
+            else {"name": method}
+        if method != "dense":
+            block["sparsity"] = sparsity
+        r["method"] = block
+        r = apply_overrides(r, [f"method.{o}" for o in opts.get(method, [])])
+        return parse_recipe(r)
+
+    specs: list[RunSpec] = []
+    need_dense = "dense" in methods or "oneshot" in methods
+    for k in range(seeds):
+        if need_dense:
+            specs.append(RunSpec("dense", 0.0, k, recipe_for("dense", 0.0, k)))
+        for s in sparsities:
+            for m in methods:
+                if m == "dense":
+                    continue
+                spec = RunSpec(m, float(s), k, recipe_for(m, float(s), k))
+                if m == "oneshot":
+                    spec.start_epoch = epochs - ft_epochs
+                    spec.init_from = run_name("dense", 0.0, k)
+                specs.append(spec)
+    return specs
+
+
+def _recipe_matches(run_dir: Path, recipe: Recipe) -> bool:
+    p = run_dir / "recipe.yaml"
+    if not p.is_file():
+        return True
+    return yaml.safe_load(p.read_text()) == yaml.safe_load(dump_recipe(recipe))
+
+
+def run_status(run_dir: Path) -> str:
+    """``done`` (summary.json), ``partial`` (a resumable ``last/``) or ``new``."""
+    if (run_dir / "summary.json").is_file():
+        return "done"
+    if (run_dir / "last").exists():
+        return "partial"
+    return "new"
+
+
+def _needs_finetune(spec: RunSpec, run_dir: Path) -> bool:
+    return spec.method == "acdc" and not (run_dir / "finetune_dense" / "summary.json").is_file()
+
+
+def execute(
+    specs: Sequence[RunSpec],
+    out_dir: Path,
+    *,
+    progress: bool = True,
+    finetune: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> tuple[list[str], list[str]]:
+    """Train every run not yet finished (and dense-fine-tune AC/DC runs); returns (ran, skipped) run names."""
+    from .commands.train import finetune_dense
+    from .train.loop import Trainer
+
+    runs = out_dir / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    for spec in specs:
+        d = runs / spec.name
+        if not _recipe_matches(d, spec.recipe):
+            raise ValueError(f"{d} was trained with a different recipe than this comparison now gives it; "
+                             "use another --out (or delete that run dir)")
+    ran: list[str] = []
+    skipped: list[str] = []
+    bar = tqdm(total=len(specs), desc="compare", unit="run", dynamic_ncols=True) if progress and tqdm else None
+    try:
+        for spec in specs:
+            d = runs / spec.name
+            status = run_status(d)
+            todo_ft = finetune and _needs_finetune(spec, d)
+            if status == "done" and not todo_ft:
+                skipped.append(spec.name)
+                if bar is not None:
+                    bar.update(1)
+                continue
+            if bar is not None:
+                bar.set_description(f"{spec.name} ({status})")
+            if status != "done":
+                hooks = []
+                if bar is not None:
+                    def hook(tr: Any, epoch: int, _bar: Any = bar, _n: str = spec.name) -> dict:
+                        _bar.set_description(f"{_n} epoch {epoch + 1}/{tr.recipe.epochs}")
+                        return {}
+                    hooks.append(hook)
+                init = None
+                if spec.init_from is not None and status == "new":
+                    init = runs / spec.init_from / "final.safetensors"
+                    if not init.is_file():
+                        raise FileNotFoundError(f"{spec.name} needs the dense model {init}; train dense first")
+                Trainer(spec.recipe, d, resume=status == "partial", progress=False, init_weights=init,
+                        start_epoch=spec.start_epoch, epoch_hooks=hooks).run()
+            if todo_ft:
+                if bar is not None:
+                    bar.set_description(f"{spec.name} dense fine-tune")
+                finetune_dense(d, progress=False)
+            ran.append(spec.name)
+            if log is not None:
+                log(f"finished {spec.name}")
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return ran, skipped
+
+
+# ---------------------------------------------------------------------- aggregation
+def _load_json(p: Path) -> dict[str, Any]:
+    return json.loads(p.read_text())
+
+
+def run_record(spec: RunSpec, out_dir: Path) -> dict[str, Any]:
+    """The numbers of one finished run (accuracies as fractions; ``None`` where not applicable)."""
+    d = out_dir / "runs" / spec.name
+    s = _load_json(d / "summary.json")
+    rec: dict[str, Any] = {
+        "top1": s["final"]["val_acc"], "sparsity": s["final"]["sparsity"],
+        "dense_top1": None, "dense_ft_top1": None,
+        "inference_flops_rel": s.get("inference_flops_rel"), "train_flops_rel": s.get("train_flops_rel"),
+        "wall_time": s.get("wall_time"),
+    }
+    if spec.method == "dense":
+        rec["dense_top1"] = s["final"]["val_acc"]
+    elif "dense" in s:  # methods yielding a dense model (AC/DC): its best dense checkpoint
+        rec["dense_top1"] = s["dense"]["val_acc"]
+    ft = d / "finetune_dense" / "summary.json"
+    if ft.is_file():
+        rec["dense_ft_top1"] = _load_json(ft)["final"]["val_acc"]
+    if spec.init_from is not None:  # oneshot: add the dense pre-training it builds on
+        ds = _load_json(out_dir / "runs" / spec.init_from / "summary.json")
+        if rec["train_flops_rel"] is not None and ds.get("train_flops_rel") is not None:
+            rec["train_flops_rel"] += ds["train_flops_rel"]
+        rec["wall_time"] = (rec["wall_time"] or 0.0) + (ds.get("wall_time") or 0.0)
+    return rec
+
+
+def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value); ``None`` if any value is missing."""
+    if not values or any(v is None for v in values):
+        return None, None
+    vals = [float(v) for v in values]  # type: ignore[arg-type]
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def aggregate(specs: Sequence[RunSpec], out_dir: Path) -> list[dict[str, Any]]:
+    """One row per (method, sparsity): means (and std for accuracies) over the seeds' finished runs."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for spec in specs:
+        if (out_dir / "runs" / spec.name / "summary.json").is_file():
+            groups.setdefault((spec.method, spec.sparsity), []).append(run_record(spec, out_dir))
+    rows = []
+    for (method, sparsity), recs in groups.items():
+        row: dict[str, Any] = {"method": method, "target_sparsity": sparsity, "seeds": len(recs)}
+        for key, col in (("top1", "top1"), ("dense_top1", "dense_top1"), ("dense_ft_top1", "dense_ft_top1")):
+            m, sd = _mean_std([r[key] for r in recs])
+            row[f"{col}_mean"] = None if m is None else 100 * m
+            row[f"{col}_std"] = None if sd is None else 100 * sd
+        for key, col in (("sparsity", "sparsity_mean"), ("inference_flops_rel", "inference_flops_rel"),
+                         ("train_flops_rel", "train_flops_rel"), ("wall_time", "wall_time_s")):
+            row[col] = _mean_std([r[key] for r in recs])[0]
+        rows.append(row)
+    order = {m: i for i, m in enumerate(dict.fromkeys(s.method for s in specs))}
+    rows.sort(key=lambda r: (r["target_sparsity"] > 0, r["target_sparsity"], order[r["method"]]))
+    return rows
+
+
+def _fmt(v: float | None, digits: int) -> str:
+    return DASH if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    return DASH if mean is None else f"{mean:.2f} ± {_fmt(std, 2)}"
+
+
+def to_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """CSV with :data:`CSV_COLUMNS`; accuracies in percent; empty cells where a method has no such value."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({c: ("" if r[c] is None else (f"{r[c]:.6g}" if isinstance(r[c], float) else r[c]))
+                    for c in CSV_COLUMNS})
+    return buf.getvalue()
+
+
+def to_markdown(rows: Sequence[dict[str, Any]], *, title: str, notes: Sequence[str] = ()) -> str:
+    head = ["method", "target sparsity", "seeds", "top-1 % (mean ± std)", "achieved sparsity",
+            "dense top-1 %", "dense fine-tuned top-1 %", "inference FLOPs (rel.)", "training FLOPs (rel.)",
+            "wall time (s)"]
+    lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["method"], f"{r['target_sparsity']:g}", str(r["seeds"]),
+                 _pm(r["top1_mean"], r["top1_std"]), _fmt(r["sparsity_mean"], 3),
+                 _pm(r["dense_top1_mean"], r["dense_top1_std"]),
+                 _pm(r["dense_ft_top1_mean"], r["dense_ft_top1_std"]),
+                 _fmt(r["inference_flops_rel"], 3), _fmt(r["train_flops_rel"], 3), _fmt(r["wall_time_s"], 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.extend(f"- {n}" for n in notes)
+    return "\n".join(lines) + "\n"
+
+
+def _notes(raw_recipe: Recipe, oneshot_ft: int | None, methods: Sequence[str]) -> list[str]:
+    notes = [
+        f"Recipe `{raw_recipe.name}`: {raw_recipe.epochs} epochs for every method, same model, data, optimizer and "
+        "LR schedule; seed k uses recipe seed + k; mean ± sample std (ddof=1) over seeds.",
+        "top-1: the final model (the sparse model for sparse methods, the dense model for `dense`).",
+        "dense top-1: the best dense-phase checkpoint (AC/DC) or the dense baseline's final model; dense "
+        "fine-tuned: AC/DC's best dense checkpoint trained densely to the end of the schedule "
+        f"(`acdc finetune-dense`, not counted in training FLOPs or wall time); {DASH}: the method yields no "
+        "dense model.",
+        "FLOPs relative to the dense model: inference of the final model; training averaged over all epochs "
+        "(RigL per its paper's convention, Top-KAST as f_A + f_A + f_B).",
+    ]
+    if "oneshot" in methods and oneshot_ft is not None:
+        notes.append(f"oneshot: the dense run's final model pruned once, fine-tuned {oneshot_ft} epoch(s) on the tail "
+                     "of the LR schedule; its training FLOPs and wall time include the dense pre-training.")
+    return notes
+
+
+def write_tables(specs: Sequence[RunSpec], out_dir: Path, *, notes: Sequence[str] = (),
+                 title: str = "Sparse-training comparison") -> list[dict[str, Any]]:
+    rows = aggregate(specs, out_dir)
+    (out_dir / "compare.csv").write_text(to_csv(rows))
+    (out_dir / "compare.md").write_text(to_markdown(rows, title=title, notes=notes))
+    return rows
+
+
+def load_raw_recipe(path: str | Path, overrides: Sequence[str] | None = None) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError(f"recipe file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"recipe {p} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"a recipe must be a YAML mapping, got {type(raw).__name__}")
+    return apply_overrides(raw, list(overrides or []))
+
+
+def compare(
+    recipe: str | Path | dict[str, Any],
+    methods: Sequence[str],
+    sparsities: Sequence[float],
+    seeds: int,
+    out_dir: str | Path,
+    *,
+    overrides: Sequence[str] | None = None,
+    method_opts: Sequence[str] | None = None,
+    oneshot_epochs: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> CompareResult:
+    """Train (or resume / skip) every (method, sparsity, seed) and write ``compare.md`` and ``compare.csv``.
+
+    ``recipe`` is a YAML path or a raw recipe mapping; ``overrides`` are ``--set key=value`` strings applied to it.
+    """
+    raw = load_raw_recipe(recipe, overrides) if not isinstance(recipe, dict) \
+        else apply_overrides(recipe, list(overrides or []))
+    specs = plan_runs(raw, methods, sparsities, seeds, method_opts=method_opts, oneshot_epochs=oneshot_epochs)
+    out = Path(out_dir)
+    ran, skipped = execute(specs, out, progress=progress, log=log)
+    base = parse_recipe(raw)
+    ft = next((base.epochs - s.start_epoch for s in specs if s.method == "oneshot"), None)
+    rows = write_tables(specs, out, notes=_notes(base, ft, methods),
+                        title=f"{base.name}: " + ", ".join(dict.fromkeys(s.method for s in specs)))
+    return CompareResult(out, rows, ran, skipped)
