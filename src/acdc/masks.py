@@ -110,9 +110,9 @@ def topk_mask(tensors: Mapping[str, torch.Tensor], keep: int) -> dict[str, torch
             bits = _abs_bits(c)
             m = bits > thr
             if ties_left > 0:
-                eq = torch.nonzero(bits == thr).reshape(-1)
-                if eq.numel():
-                    take = eq[:ties_left]
+                is_eq = bits == thr
+                if bool(is_eq.any()):  # a full-size nonzero() only for the (usually one) chunk holding ties
+                    take = torch.nonzero(is_eq).reshape(-1)[:ties_left]
                     m[take] = True
                     ties_left -= take.numel()
             mask[i : i + c.numel()] = m
