@@ -166,7 +166,7 @@ def plot_mask_difference(runs: Sequence[RunData], path: str | Path) -> Path | No
         ax.plot(xs, ys, "-o", ms=5, color=color(i), label=r.name)
         if len(pts) <= 12:
             for x, y in pts:
-                ax.annotate(f"{100 * y:.1f}", (x, 100 * y), textcoords="offset points", xytext=(0, 6),
+                ax.annotate(f"{100 * y:.3g}%", (x, 100 * y), textcoords="offset points", xytext=(0, 6),
                             ha="center", fontsize=7, color=color(i))
     _epoch_axis(ax, [r for _, r, _ in series])
     ax.set_ylim(bottom=0)
@@ -208,6 +208,11 @@ def plot_inference_flops(runs: Sequence[RunData], path: str | Path) -> Path | No
     titles = ("(per epoch)", "(a) end of each sparse phase", "(b) end of each dense phase")
     for ax, t in zip(axes, titles):
         _epoch_axis(ax, [r for _, r in runs_f])
+        lo, hi = ax.get_ylim()
+        if hi - lo < 2.0:  # near-constant FLOPs: show at least 2 percentage points, no offset notation
+            mid = (lo + hi) / 2
+            ax.set_ylim(mid - 1.0, mid + 1.0)
+        ax.ticklabel_format(axis="y", style="plain", useOffset=False)
         ax.set_title(t, fontsize=10)
         ax.set_ylabel("inference FLOPs per sample (% of dense)")
         ax.legend(fontsize=7)
@@ -238,6 +243,13 @@ def plot_training_flops(runs: Sequence[RunData], path: str | Path) -> Path | Non
     return _save(fig, path)
 
 
+def _count(n: int) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(n)
+
+
 def plot_layer_density(runs: Sequence[RunData], path: str | Path) -> Path | None:
     """Per-layer density (non-zero fraction) of each run's final sparse model, grouped bars."""
     dens = [(i, r, r.final_layer_density()) for i, r in enumerate(runs)]
@@ -261,10 +273,13 @@ def plot_layer_density(runs: Sequence[RunData], path: str | Path) -> Path | None
         if n * len(dens) <= 24:
             for x, y in zip(xs, ys):
                 ax.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 2), ha="center", fontsize=6)
-    short = [name.removesuffix(".weight") for name in layers]
+    sizes: dict[str, int] = {}
+    for _, r, _ in dens:
+        sizes.update({k: v for k, v in r.final_layer_sizes().items() if k not in sizes})
+    short = [name.removesuffix(".weight") + (f"\n{_count(sizes[name])}" if name in sizes else "") for name in layers]
     ax.set_xticks(range(n))
     ax.set_xticklabels(short, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center", fontsize=7)
-    ax.set_xlabel("prunable layer (weight tensor)")
+    ax.set_xlabel("prunable layer (number of weights)" if sizes else "prunable layer (weight tensor)")
     ax.set_ylabel("density of final sparse model (% non-zero)")
     ax.set_ylim(0, 105)
     ax.set_title("Per-layer density (dashed: overall density of the prunable weights)")
@@ -292,5 +307,5 @@ def plot_memorization(runs: Sequence[RunData], path: str | Path) -> Path | None:
     ax.set_ylim(-2, 102)
     ax.set_ylabel("accuracy on corrupted training samples (%)")
     ax.set_title("Memorization of corrupted labels")
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, frameon=False)
     return _save(fig, path)

@@ -78,6 +78,10 @@ class RunData:
         d = self.summary.get("dense")
         if isinstance(d, dict) and "epoch" in d:
             return int(d["epoch"])
+        if not self.summary and self.method in ("acdc", "dense"):  # in progress: best dense epoch so far
+            dense = [m for m in self.metrics if m.get("phase") == "dense" and _num(m.get("val_acc")) is not None]
+            if dense:
+                return int(max(dense, key=lambda m: m["val_acc"])["epoch"])
         return None
 
     def memorization_n(self) -> int | None:
@@ -86,9 +90,9 @@ class RunData:
         return None
 
     @cached_property
-    def _density(self) -> tuple[dict[str, float], float | None]:
+    def _density(self) -> tuple[dict[str, float], float | None, dict[str, int]]:
         if self.method == "dense":
-            return {}, None
+            return {}, None, {}
         last = self.metrics[-1] if self.metrics else {}
         names = list((last.get("layer_sparsity") or {}).keys())
         sp = self.path / "sparse.safetensors"
@@ -98,21 +102,22 @@ class RunData:
             tensors, _ = load_tensors(sp)
             if not names:
                 names = [k for k, t in tensors.items() if k.endswith("weight") and t.dim() >= 2]
-            out, nnz, tot = {}, 0, 0
+            out, sizes, nnz, tot = {}, {}, 0, 0
             for k in names:
                 if k in tensors:
                     t = tensors[k]
                     z = int((t != 0).sum())
                     out[k] = z / max(1, t.numel())
+                    sizes[k] = t.numel()
                     nnz += z
                     tot += t.numel()
             if out:
-                return out, nnz / tot
+                return out, nnz / tot, sizes
         if last.get("phase") == "sparse" and last.get("layer_sparsity"):
             overall = _num(last.get("sparsity"))
             return ({k: 1.0 - float(v) for k, v in last["layer_sparsity"].items()},
-                    None if overall is None else 1.0 - overall)
-        return {}, None
+                    None if overall is None else 1.0 - overall, {})
+        return {}, None, {}
 
     def final_layer_density(self) -> dict[str, float]:
         """``{layer: non-zero fraction}`` of the final sparse model ({} for a dense run or when unknown)."""
@@ -120,6 +125,10 @@ class RunData:
 
     def final_density(self) -> float | None:
         return self._density[1]
+
+    def final_layer_sizes(self) -> dict[str, int]:
+        """``{layer: number of weights}`` when read from sparse.safetensors ({} otherwise)."""
+        return self._density[2]
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -191,7 +200,7 @@ def summary_rows(runs: Sequence[RunData]) -> list[dict[str, Any]]:
             "sparsity": _num(final.get("sparsity", last.get("sparsity"))),
             "sparse_acc": _num(sparse.get("val_acc")),
             "dense_acc": _num(dense.get("val_acc")),
-            "dense_epoch": dense.get("epoch"),
+            "dense_epoch": dense.get("epoch", None if s else r.best_dense_epoch()),
             "val_ppl": _num(final.get("val_ppl", last.get("val_ppl"))),
             "train_flops_rel": _num(s.get("train_flops_rel", last.get("train_flops_cum_rel"))),
             "inference_flops_rel": _num(s.get("inference_flops_rel", last.get("inference_flops_rel"))),
@@ -323,8 +332,9 @@ def build_report(
 
     Agreement rows come from ``out_dir/agreement.json`` and each run's ``agreement.json`` if present, and with
     ``agreement=True`` are computed for every run having both sparse and dense models (saved to
-    ``out_dir/agreement_runs.json``). ``figures`` restricts the figures drawn (names of :data:`FIGURES` with or
-    without ``.png``; default all that have data). Returns ``{"figures": [...], "summary": rows, "agreement": ...}``.
+    ``out_dir/agreement_runs.json``, which later reports into the same directory reuse). ``figures`` restricts
+    the figures drawn (names of :data:`FIGURES` with or without ``.png``; default all that have data).
+    Returns ``{"figures": [...], "summary": rows, "agreement": entries, "out_dir": ...}``.
     """
     if not run_dirs:
         raise ValueError("no run directories given")
@@ -347,11 +357,15 @@ def build_report(
     for src in [out / "agreement.json", *(r.path / "agreement.json" for r in runs)]:
         if src.is_file():
             entries += _load_agreement_file(src)
+    cache = out / "agreement_runs.json"
     if agreement:
         computed = [e for r in runs for e in compute_run_agreement(r, device)]
         if computed:
-            (out / "agreement_runs.json").write_text(json.dumps(computed, indent=2))
+            cache.write_text(json.dumps(computed, indent=2))
         entries += computed
+    elif cache.is_file():  # computed by an earlier `--agreement` into this directory: keep those of these runs
+        labels = {r.name for r in runs}
+        entries += [e for e in _load_agreement_file(cache) if str(e.get("label", "")).split(": ")[0] in labels]
 
     rows = summary_rows(runs)
     sh, sb = _summary_table(rows)
