@@ -20,12 +20,12 @@ RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "mnist5k_acdc.yaml"
 
 # Same content as recipes/mnist5k_acdc.yaml, used when the package is installed without the repository.
 _FALLBACK = {
-    "name": "mnist5k-acdc", "seed": 0, "epochs": 20, "batch_size": 64, "eval_batch_size": 500,
-    "model": {"name": "small_cnn"}, "data": {"name": "mnist5k", "test_fraction": 0.2},
+    "name": "mnist5k-acdc", "seed": 0, "epochs": 16, "batch_size": 64, "eval_batch_size": 500,
+    "model": {"name": "small_cnn", "width": 16}, "data": {"name": "mnist5k", "test_fraction": 0.2},
     "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.0005},
     "lr_schedule": {"name": "cosine", "warmup_epochs": 1},
     "method": {"name": "acdc", "sparsity": 0.9, "target": "global",
-               "schedule": {"warmup": 4, "sparse": 3, "dense": 2, "final_sparse": 6}},
+               "schedule": {"warmup": 3, "sparse": 2, "dense": 2, "final_sparse": 5}},
 }
 
 
@@ -43,7 +43,7 @@ def demo_recipes(epochs: int | None = None) -> tuple[dict, dict]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="runs/demo")
-    ap.add_argument("--epochs", type=int, default=None, help="override the recipe's 20 epochs")
+    ap.add_argument("--epochs", type=int, default=None, help="override the recipe's 16 epochs")
     ap.add_argument("--progress", action="store_true", help="show tqdm bars")
     args = ap.parse_args(argv)
     out = Path(args.out)

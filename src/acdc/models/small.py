@@ -15,22 +15,23 @@ class SmallCNN(nn.Module):
     resolution, so the same network runs on 28x28 MNIST and 8x8 sklearn digits.
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, hidden: int = 128) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, hidden: int = 128, width: int = 32) -> None:
         super().__init__()
+        c1, c2 = width, 2 * width
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 3, padding=1, bias=False),
-            nn.BatchNorm2d(32),
+            nn.Conv2d(in_channels, c1, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c1),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2, ceil_mode=True),
-            nn.Conv2d(32, 64, 3, padding=1, bias=False),
-            nn.BatchNorm2d(64),
+            nn.Conv2d(c1, c2, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c2),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2, ceil_mode=True),
             nn.AdaptiveAvgPool2d((7, 7)),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(64 * 7 * 7, hidden),
+            nn.Linear(c2 * 7 * 7, hidden),
             nn.ReLU(inplace=True),
             nn.Linear(hidden, num_classes),
         )
@@ -60,9 +61,9 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-def small_cnn(num_classes: int, in_channels: int = 1, hidden: int = 128) -> SmallCNN:
-    """Small CNN for 1x28x28 (or any size) inputs."""
-    return SmallCNN(num_classes, in_channels=in_channels, hidden=hidden)
+def small_cnn(num_classes: int, in_channels: int = 1, hidden: int = 128, width: int = 32) -> SmallCNN:
+    """Small CNN for 1x28x28 (or any size) inputs; ``width`` channels in the first conv, twice that in the second."""
+    return SmallCNN(num_classes, in_channels=in_channels, hidden=hidden, width=width)
 
 
 def mlp(num_classes: int, in_features: int = 784, hidden: Sequence[int] = (1024, 1024)) -> MLP:
