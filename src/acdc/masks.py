@@ -9,22 +9,23 @@ in row-major (flattened) order inside each tensor. So all-equal weights keep a p
 
 ``global_magnitude`` never concatenates the weights: it finds the exact k-th largest magnitude with a two-pass
 radix selection over the float32 bit patterns of ``|w|`` (non-negative IEEE floats order like their integer bit
-patterns). Each pass builds a per-tensor histogram and sums the counts, so extra memory is one histogram plus the
-temporaries of the largest single tensor, and the same counts could be all-reduced across shards.
+patterns), read through zero-copy int16 views of each float's high and low halves. Each pass builds a
+per-tensor histogram and sums the counts, so extra memory is one histogram plus the temporaries of the largest
+single tensor, and the same counts could be all-reduced across shards.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 
 import torch
 
 __all__ = ["global_magnitude", "uniform_magnitude", "n_m", "topk_mask", "pruned_count", "check_sparsity"]
 
-_HI_SHIFT = 15  # float32 |w| has 31 significant bits: 16 high bits (pass 1), 15 low bits (pass 2)
-_LO_MASK = (1 << _HI_SHIFT) - 1
-_NONFINITE_BUCKET = 0x7F800000 >> _HI_SHIFT  # first high-bits bucket of inf/NaN
+_LITTLE = sys.byteorder == "little"
+_NONFINITE_BUCKET = 0x7F800000 >> 16  # first high-half bucket of inf/NaN bit patterns
 _CHUNK = 1 << 22  # elements per temporary chunk: bounds transient memory for huge tensors
 
 
@@ -43,11 +44,17 @@ def pruned_count(n: int, sparsity: float) -> int:
     return int(round(sparsity * n))
 
 
-def _abs_bits(t: torch.Tensor) -> torch.Tensor:
-    """int32 view of float32 |t| (flattened, detached); monotone in |t|."""
-    a = t.detach().reshape(-1)
-    a = a.abs() if a.dtype == torch.float32 else a.abs().float()
-    return a.view(torch.int32)
+def _halves(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(high, low) 16-bit halves of each float32 of the 1-D contiguous ``c``, as strided int16 views (no copy).
+
+    ``high & 0x7FFF`` is the top 15 bits of ``|c|``'s bit pattern (sign cleared), ``low`` the bottom 16 bits.
+    """
+    h = c.view(torch.int16)
+    return (h[1::2], h[0::2]) if _LITTLE else (h[0::2], h[1::2])
+
+
+def _f32(c: torch.Tensor) -> torch.Tensor:
+    return c if c.dtype == torch.float32 else c.float()
 
 
 def _chunks(t: torch.Tensor):
@@ -61,56 +68,80 @@ def _check_finite(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"weights {name!r} contain NaN or inf; cannot rank by magnitude (check the training loss)")
 
 
-def _kth_largest_bits(tensors: Mapping[str, torch.Tensor], k: int) -> tuple[int, int]:
-    """Bit pattern ``T`` of the k-th largest |w| over all tensors (k >= 1) and ``count(|w| > T)``."""
+def _high_bucket(tensors: Mapping[str, torch.Tensor], k: int) -> tuple[int, int, int]:
+    """Radix pass 1: histogram of the high 15 bits of |w| (sign cleared) over all tensors.
+
+    Returns ``(b, greater, in_b)``: the bucket holding the k-th largest |w|, how many values lie in higher buckets,
+    and how many lie in bucket ``b``.
+    """
     dev = next(iter(tensors.values())).device
-    hist = torch.zeros(1 << 16, dtype=torch.int64, device=dev)
+    hist = torch.zeros(1 << 15, dtype=torch.int64, device=dev)
     for t in tensors.values():
         for _, c in _chunks(t):
-            hist += torch.bincount(torch.bitwise_right_shift(_abs_bits(c), _HI_SHIFT), minlength=1 << 16)
+            high, _ = _halves(_f32(c))
+            hist += torch.bincount(torch.bitwise_and(high, 0x7FFF), minlength=1 << 15)
     if int(hist[_NONFINITE_BUCKET:].sum()):  # inf/NaN bit patterns sort above every finite value
         for n, t in tensors.items():
             _check_finite(n, t)
-    # bucket b holding the k-th largest: counts from the top
-    above = torch.flip(torch.cumsum(torch.flip(hist, [0]), 0), [0])  # above[i] = count(hi >= i)
+    above = torch.flip(torch.cumsum(torch.flip(hist, [0]), 0), [0])  # above[i] = count(high >= i)
     b = int(torch.nonzero(above >= k).max())
-    greater = int(above[b + 1]) if b + 1 < above.numel() else 0  # count(hi > b)
-    need = k - greater  # how many to take from bucket b (>= 1)
-    hist2 = torch.zeros(1 << _HI_SHIFT, dtype=torch.int64, device=dev)
+    greater = int(above[b + 1]) if b + 1 < above.numel() else 0
+    return b, greater, int(hist[b])
+
+
+def _masks_two_pass(tensors: Mapping[str, torch.Tensor], b: int, need: int) -> dict[str, torch.Tensor]:
+    """Radix pass 2 when bucket ``b`` is small: keep everything above it, then pick the ``need`` largest of the
+    bucket's candidates exactly (by low 16 bits; ties -> lowest global index, via a stable sort)."""
+    out: dict[str, torch.Tensor] = {}
+    cand_pos: list[tuple[torch.Tensor, torch.Tensor]] = []  # (flat mask, indices into it)
+    cand_low: list[torch.Tensor] = []
+    for n, t in tensors.items():
+        mask = torch.empty(t.numel(), dtype=torch.bool, device=t.device)
+        for i, c in _chunks(t):
+            high, low = _halves(_f32(c))
+            hb = torch.bitwise_and(high, 0x7FFF)
+            torch.gt(hb, b, out=mask[i : i + c.numel()])
+            idx = torch.nonzero(hb == b).reshape(-1)
+            if idx.numel():
+                cand_pos.append((mask, idx + i))
+                cand_low.append(torch.bitwise_and(low[idx].to(torch.int32), 0xFFFF))
+        out[n] = mask.view(t.shape)
+    lows = torch.cat(cand_low)
+    chosen = torch.argsort(lows, descending=True, stable=True)[:need]  # candidates are in global-index order
+    flag = torch.zeros(lows.numel(), dtype=torch.bool, device=lows.device)
+    flag[chosen] = True
+    start = 0
+    for mask, idx in cand_pos:
+        sel = flag[start : start + idx.numel()]
+        mask[idx[sel]] = True
+        start += idx.numel()
+    return out
+
+
+def _masks_three_pass(tensors: Mapping[str, torch.Tensor], b: int, need: int) -> dict[str, torch.Tensor]:
+    """Radix passes 2-3 when bucket ``b`` is large (e.g. many exact zeros): histogram its low 16 bits to get the
+    exact threshold value, then threshold and fill the ties lowest global index first."""
+    dev = next(iter(tensors.values())).device
+    hist2 = torch.zeros(1 << 16, dtype=torch.int64, device=dev)
     for t in tensors.values():
         for _, c in _chunks(t):
-            bits = _abs_bits(c)
-            sel = bits[torch.bitwise_right_shift(bits, _HI_SHIFT) == b]
+            high, low = _halves(_f32(c))
+            sel = low[torch.bitwise_and(high, 0x7FFF) == b]
             if sel.numel():
-                hist2 += torch.bincount(torch.bitwise_and(sel, _LO_MASK), minlength=1 << _HI_SHIFT)
+                hist2 += torch.bincount(torch.bitwise_and(sel.to(torch.int32), 0xFFFF), minlength=1 << 16)
     above2 = torch.flip(torch.cumsum(torch.flip(hist2, [0]), 0), [0])
     lo = int(torch.nonzero(above2 >= need).max())
     greater2 = int(above2[lo + 1]) if lo + 1 < above2.numel() else 0
-    threshold = (b << _HI_SHIFT) | lo
-    return threshold, greater + greater2
-
-
-def topk_mask(tensors: Mapping[str, torch.Tensor], keep: int) -> dict[str, torch.Tensor]:
-    """Keep exactly the ``keep`` largest |values| across ``tensors`` jointly (ties: lowest global index first)."""
-    names = list(tensors)
-    total = sum(t.numel() for t in tensors.values())
-    if not 0 <= keep <= total:
-        raise ValueError(f"cannot keep {keep} of {total} weights")
-    if keep == 0:
-        return {n: torch.zeros(t.shape, dtype=torch.bool, device=t.device) for n, t in tensors.items()}
-    if keep == total:
-        return {n: torch.ones(t.shape, dtype=torch.bool, device=t.device) for n, t in tensors.items()}
-    thr, n_greater = _kth_largest_bits(tensors, keep)
-    ties_left = keep - n_greater  # >= 1 entries equal to the threshold to keep, lowest global index first
+    thr = torch.tensor([(b << 16) | lo], dtype=torch.int32).view(torch.float32).item()
+    ties_left = need - greater2  # >= 1 values equal to the threshold to keep, lowest global index first
     out: dict[str, torch.Tensor] = {}
-    for n in names:
-        t = tensors[n]
+    for n, t in tensors.items():
         mask = torch.empty(t.numel(), dtype=torch.bool, device=t.device)
         for i, c in _chunks(t):
-            bits = _abs_bits(c)
-            m = bits > thr
+            a = _f32(c).abs()
+            m = a > thr
             if ties_left > 0:
-                is_eq = bits == thr
+                is_eq = a == thr
                 if bool(is_eq.any()):  # a full-size nonzero() only for the (usually one) chunk holding ties
                     take = torch.nonzero(is_eq).reshape(-1)[:ties_left]
                     m[take] = True
@@ -118,6 +149,23 @@ def topk_mask(tensors: Mapping[str, torch.Tensor], keep: int) -> dict[str, torch
             mask[i : i + c.numel()] = m
         out[n] = mask.view(t.shape)
     return out
+
+
+def topk_mask(tensors: Mapping[str, torch.Tensor], keep: int) -> dict[str, torch.Tensor]:
+    """Keep exactly the ``keep`` largest |values| across ``tensors`` jointly (ties: lowest global index first)."""
+    total = sum(t.numel() for t in tensors.values())
+    if not 0 <= keep <= total:
+        raise ValueError(f"cannot keep {keep} of {total} weights")
+    if keep == 0:
+        return {n: torch.zeros(t.shape, dtype=torch.bool, device=t.device) for n, t in tensors.items()}
+    if keep == total:
+        return {n: torch.ones(t.shape, dtype=torch.bool, device=t.device) for n, t in tensors.items()}
+    b, greater, in_b = _high_bucket(tensors, keep)
+    need = keep - greater  # how many to take from bucket b (>= 1)
+    # candidate indices cost 8 bytes each: only gather them when the bucket is a small part of the weights
+    if in_b <= max(1 << 16, total // 64):
+        return _masks_two_pass(tensors, b, need)
+    return _masks_three_pass(tensors, b, need)
 
 
 def global_magnitude(weights: Mapping[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
