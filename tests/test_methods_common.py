@@ -10,14 +10,7 @@ from torch import nn
 
 from acdc.methods import build_method
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is much faster on a shared machine (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 STEPS_PER_EPOCH, EPOCHS = 10, 6
 OPTIONS = {

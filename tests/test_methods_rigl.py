@@ -11,14 +11,7 @@ from torch import nn
 from acdc.methods import RigL, build_method
 from acdc.methods.distributions import erk, keep_count
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is much faster on a shared machine (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_erk_matches_hand_computation() -> None:
