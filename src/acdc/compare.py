@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from .methods import available
-from .train.recipe import Recipe, RecipeError, apply_overrides, dump_recipe, parse_recipe
+from .train.recipe import Recipe, RecipeError, apply_overrides, dump_recipe, load_raw_recipe, parse_recipe
 
 try:
     from tqdm.auto import tqdm
@@ -370,17 +370,6 @@ def write_tables(specs: Sequence[RunSpec], out_dir: Path, *, notes: Sequence[str
     return rows
 
 
-def load_raw_recipe(path: str | Path, overrides: Sequence[str] | None = None) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise RecipeError(f"recipe file not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError(f"recipe {p} is not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise RecipeError(f"a recipe must be a YAML mapping, got {type(raw).__name__}")
-    return apply_overrides(raw, list(overrides or []))
 
 
 def compare(

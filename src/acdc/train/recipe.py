@@ -228,8 +228,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
     return out
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read and validate a YAML recipe file, applying ``--set`` overrides."""
+def load_raw_recipe(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Read a YAML recipe file as a mapping and apply ``--set`` overrides (not yet validated)."""
     p = Path(path)
     if not p.is_file():
         raise RecipeError(f"recipe file not found: {p}")
@@ -237,7 +237,14 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raw = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise RecipeError(f"recipe {p} is not valid YAML: {e}") from None
-    return parse_recipe(apply_overrides(raw, overrides))
+    if not isinstance(raw, dict):
+        raise RecipeError(f"a recipe must be a YAML mapping, got {type(raw).__name__}")
+    return apply_overrides(raw, list(overrides or []))
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read and validate a YAML recipe file, applying ``--set`` overrides."""
+    return parse_recipe(load_raw_recipe(path, overrides))
 
 
 def dump_recipe(r: Recipe) -> str:
