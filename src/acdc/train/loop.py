@@ -195,7 +195,9 @@ class Trainer:
         if self.init_weights:
             load_model(self.init_weights, self.model)
         self.train_gen = torch.Generator()
-        self.train_loader = DataLoader(self.bundle.train, batch_size=r.batch_size, shuffle=True, drop_last=False,
+        # with gradient accumulation a short last batch would weigh as much as a full one: drop it
+        self.train_loader = DataLoader(self.bundle.train, batch_size=r.batch_size, shuffle=True,
+                                       drop_last=r.grad_accum > 1,
                                        generator=self.train_gen, num_workers=r.num_workers)
         self.val_loader = DataLoader(self.bundle.val, batch_size=r.eval_batch_size, shuffle=False,
                                      num_workers=r.num_workers)
