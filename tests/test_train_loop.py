@@ -225,3 +225,12 @@ def test_cli_train_and_finetune_dense(tmp_path):
     r = subprocess.run(cmd + ["train", str(p), "--out", str(tmp_path / "bad")], capture_output=True, text=True,
                        env=env)
     assert r.returncode == 2 and "epocs" in r.stderr
+
+
+def test_gradual_methods_log_mask_updates(tmp_path):
+    """GMP's in-phase mask updates are logged with the fraction of weights that changed status."""
+    raw = tiny_raw(epochs=4, method={"name": "gmp", "sparsity": 0.9, "start_epoch": 0, "end_epoch": 3})
+    d = Trainer(parse_recipe(raw), tmp_path / "gmp").run().out_dir
+    updates = [u for r in read_metrics(d) for u in r.get("mask_updates", [])]
+    diffs = [u["mask_diff"] for u in updates if u["mask_diff"] is not None]
+    assert len(diffs) >= 2 and all(0 < x <= 1 for x in diffs)  # sparsity rises, so masks do change

@@ -216,7 +216,8 @@ class Trainer:
             r.method_name, self.model, self.optimizer, steps_per_epoch=self.steps_per_epoch,
             epochs=r.epochs - self.start_epoch, sparsity=r.sparsity, options=r.method_options())
         self.scaler = torch.amp.GradScaler("cuda") if r.amp == "fp16" else None
-        self.tracker = MaskTracker()
+        self.tracker = MaskTracker()  # AC/DC-style compressions
+        self.update_tracker = MaskTracker()  # in-phase mask updates (GMP, RigL, SET, Top-KAST)
         self._pending: dict[str, Any] = {}
         self.method.add_listener(self._on_event)
         self.state: dict[str, Any] = {"epoch": self.start_epoch, "best_dense": None, "elapsed": 0.0,
@@ -238,6 +239,11 @@ class Trainer:
             rec = self.tracker.on_compress(info["epoch"], info["masks"])
             self._pending.setdefault("compressions", []).append(
                 {k: rec[k] for k in ("compression", "epoch", "mask_diff", "mask_diff_per_layer") if k in rec})
+            self.update_tracker.on_compress(info["epoch"], info["masks"])  # baseline for later updates
+        elif event == "update" and info.get("masks") is not None:
+            rec = self.update_tracker.on_compress(info["epoch"], info["masks"])
+            self._pending.setdefault("mask_updates", []).append(
+                {"step": info["step"], "epoch": info["epoch"], "mask_diff": rec["mask_diff"]})
         self._pending.setdefault("events", []).append({"event": event, "step": info["step"], "epoch": info["epoch"]})
 
     # -------------------------------------------------------------- resume
@@ -251,6 +257,8 @@ class Trainer:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.tracker.load_state_dict(state["tracker"])
+        if state.get("update_tracker") is not None:
+            self.update_tracker.load_state_dict(state["update_tracker"])
         self.state = state["run"]
         _set_rng_state(state["rng"])
         # drop metrics lines written after the checkpoint (a crash between the two)
@@ -265,7 +273,8 @@ class Trainer:
         masks = mstate.pop("masks", None)
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "method": mstate, "scaler": self.scaler.state_dict() if self.scaler else None,
-                 "tracker": self.tracker.state_dict(), "run": dict(self.state), "rng": _rng_state()}
+                 "tracker": self.tracker.state_dict(), "update_tracker": self.update_tracker.state_dict(),
+                 "run": dict(self.state), "rng": _rng_state()}
         save_run_state(self.out_dir, model=self.model, masks=masks, state=state, epoch=self.state["epoch"])
 
     # -------------------------------------------------------------- one epoch
