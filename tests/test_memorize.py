@@ -86,3 +86,26 @@ def test_corrupted_labels_reach_the_trainer(tmp_path):
     m = _metrics(tmp_path / "all")
     assert res["info"]["n"] == n_train and m[0]["train_acc"] < 0.3
     assert m[0]["mem_acc_true"] + m[0]["mem_acc_corrupted"] > 0
+
+
+def test_resume_after_interruption_gives_the_same_curves(tmp_path, monkeypatch):
+    recipe = _recipe(tmp_path)
+    full = memorize(recipe, tmp_path / "full", n=100, seed=5)
+    import acdc.train.loop as loop
+
+    real_checkpoint = loop.Trainer._checkpoint
+    calls = {"n": 0}
+
+    def dying_checkpoint(self):
+        real_checkpoint(self)
+        calls["n"] += 1
+        if calls["n"] == 2:  # killed right after epoch 1's checkpoint
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.Trainer, "_checkpoint", dying_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        memorize(recipe, tmp_path / "part", n=100, seed=5)
+    monkeypatch.setattr(loop.Trainer, "_checkpoint", real_checkpoint)
+    resumed = memorize(recipe, tmp_path / "part", n=100, seed=5, resume=True)
+    assert [c["epoch"] for c in resumed["curves"]] == [0, 1, 2, 3]
+    assert resumed["curves"] == full["curves"] and resumed["indices"] == full["indices"]

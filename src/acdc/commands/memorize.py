@@ -40,8 +40,13 @@ def memorize(
     seed: int = 0,
     overrides: list[str] | None = None,
     progress: bool = False,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Run the memorization study; returns the contents of ``memorization.json``."""
+    """Run the memorization study; returns the contents of ``memorization.json``.
+
+    The corrupted set is a pure function of (data, ``n``, ``seed``), so ``resume=True`` continues an interrupted
+    study from ``out_dir/last``; the curves are read back from ``metrics.jsonl`` at the end.
+    """
     from .. import data as data_mod
     from ..measure.memorization import CorruptedDataset, corrupt_labels, corrupted_accuracy
     from ..report import load_run
@@ -76,17 +81,21 @@ def memorize(
         "method": recipe.method_name,
         "curves": [],
     }
-    atomic_write_text(out / "memorization.json", json.dumps(result))  # indices exist even if training stops
+    if not resume:  # indices exist even if training stops
+        atomic_write_text(out / "memorization.json", json.dumps(result))
 
     def hook(trainer: Trainer, epoch: int) -> dict[str, Any]:
         r = corrupted_accuracy(trainer.model, bundle.train, idx, new, true, device=trainer.device,
                                batch_size=trainer.recipe.eval_batch_size)
-        rec = {"mem_acc_corrupted": r["acc_vs_corrupted"], "mem_acc_true": r["acc_vs_true"],
-               "mem_acc_other": r["acc_vs_other"]}
-        result["curves"].append({"epoch": epoch, "phase": trainer.method.phase, **rec})
-        return rec
+        return {"mem_acc_corrupted": r["acc_vs_corrupted"], "mem_acc_true": r["acc_vs_true"],
+                "mem_acc_other": r["acc_vs_other"]}
 
-    res = Trainer(recipe, out, bundle=corrupted_bundle, epoch_hooks=[hook], progress=progress).run()
+    res = Trainer(recipe, out, bundle=corrupted_bundle, epoch_hooks=[hook], progress=progress, resume=resume).run()
+    keys = ("mem_acc_corrupted", "mem_acc_true", "mem_acc_other")
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        if line.strip():
+            m = json.loads(line)
+            result["curves"].append({"epoch": m["epoch"], "phase": m["phase"], **{k: m[k] for k in keys}})
     result["summary"] = {k: res.summary.get(k) for k in ("final", "sparse", "dense")}
     atomic_write_text(out / "memorization.json", json.dumps(result))
     plot_memorization([load_run(out)], out / "memorization.png")
@@ -102,12 +111,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key (repeatable)")
     p.add_argument("--progress", action="store_true", help="progress bars / per-epoch lines")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted study from OUT/last")
     p.set_defaults(func=cmd_memorize)
 
 
 def cmd_memorize(args: argparse.Namespace) -> int:
     res = memorize(args.recipe, args.out, n=args.corrupt, seed=args.seed, overrides=args.overrides,
-                   progress=args.progress)
+                   progress=args.progress, resume=args.resume)
     i = res["info"]
     print(f"corrupted {i['n']} training labels (seed {i['seed']}); {i['kept_true_label']} drew their true label")
     w = max([len(c["phase"]) for c in res["curves"]] + [5])
