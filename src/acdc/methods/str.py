@@ -68,6 +68,11 @@ class STR(SparseMethod):
 
     ``s_init``: initial s (sigmoid(-5) ≈ 0.0067); ``threshold_decay``: weight decay of the thresholds' param group
     (see :func:`str_threshold_decay` to pick both for a target sparsity). The target ``sparsity`` is not imposed.
+
+    Measured on the demo recipe (``recipes/mnist5k_acdc.yaml``, 16 epochs, s_init -5, one seed) with
+    ``acdc train recipes/mnist5k_acdc.yaml --set "method={name: str, sparsity: 0.9, threshold_decay: D}"``:
+    D = auto -> 66.9% sparsity, 0.003 -> 75.6%, 0.006 -> 89.5%, 0.01 -> 93.5%, 0.03 -> 98.1%, 0.1 -> 99.6%.
+    ``auto`` undershoots high targets because the loss gradient pulls the thresholds down; sweep D briefly.
     Achieved sparsity: fraction of ``w_eff`` exactly 0. Call :meth:`finalize` at the end of training.
     """
 
