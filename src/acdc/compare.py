@@ -279,11 +279,12 @@ def run_record(spec: RunSpec, out_dir: Path) -> dict[str, Any]:
 
 
 def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (ddof=1; 0 for a single value); ``None`` if any value is missing."""
+    """Mean and sample standard deviation (ddof=1; undefined, so ``None``, for a single value); ``None, None`` if
+    any value is missing."""
     if not values or any(v is None for v in values):
         return None, None
     vals = [float(v) for v in values]  # type: ignore[arg-type]
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
 
 
 def aggregate(specs: Sequence[RunSpec], out_dir: Path) -> list[dict[str, Any]]:
@@ -313,7 +314,9 @@ def _fmt(v: float | None, digits: int) -> str:
 
 
 def _pm(mean: float | None, std: float | None) -> str:
-    return DASH if mean is None else f"{mean:.2f} ± {_fmt(std, 2)}"
+    if mean is None:
+        return DASH
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
 
 
 def to_csv(rows: Sequence[dict[str, Any]]) -> str:
