@@ -214,6 +214,12 @@ def test_cli_train_and_finetune_dense(tmp_path):
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "summary.json").read_text())["target_sparsity"] == 0.7
+    # --model swaps the architecture (here for one whose defaults fit 8x8 digits)
+    r = subprocess.run(cmd + ["train", str(p), "--out", str(tmp_path / "cnn"), "--no-progress", "--model", "small_cnn",
+                              "--set", "epochs=2", "--set", "method={name: dense}"], capture_output=True, text=True,
+                       env=env)
+    assert r.returncode == 0, r.stderr
+    assert yaml.safe_load((tmp_path / "cnn" / "recipe.yaml").read_text())["model"] == {"name": "small_cnn"}
     r = subprocess.run(cmd + ["finetune-dense", str(out), "--no-progress"], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert (out / "dense_finetuned.safetensors").is_file()

@@ -17,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="run directory (default: runs/<recipe name>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key, e.g. --set method.sparsity=0.95 (repeatable)")
+    p.add_argument("--model", default=None, metavar="NAME",
+                   help="train this registry model instead of the recipe's (e.g. resnet20, torchvision:resnet18)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/last")
     p.add_argument("--no-progress", action="store_true", help="no progress bars / per-epoch lines")
     p.set_defaults(func=cmd_train)
@@ -30,7 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    recipe = load_recipe(args.recipe, args.overrides)
+    overrides = list(args.overrides)
+    if args.model:  # a bare name replaces the recipe's whole model block (its kwargs belong to the old model)
+        overrides.insert(0, f"model={{name: '{args.model}'}}")
+    recipe = load_recipe(args.recipe, overrides)
     out = Path(args.out) if args.out else Path("runs") / recipe.name
     res = Trainer(recipe, out, resume=args.resume, progress=not args.no_progress).run()
     print(json.dumps(res.summary, indent=2))
