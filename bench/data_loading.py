@@ -13,7 +13,6 @@ the loader. Run: ``python bench/data_loading.py [--n-cifar 10000] [--n-images 50
 from __future__ import annotations
 
 import argparse
-import pickle
 import tempfile
 import time
 from pathlib import Path
@@ -24,22 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from acdc import data as D
 from acdc import models as M
-
-
-def make_cifar(root: Path, n_train: int, n_test: int = 1000) -> Path:
-    """Write a cifar-10-batches-py folder with random uint8 images (5 train batches + test)."""
-    rng = np.random.default_rng(0)
-    d = root / "cifar-10-batches-py"
-    d.mkdir(parents=True)
-    per = n_train // 5
-    for i in range(1, 6):
-        with open(d / f"data_batch_{i}", "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 256, (per, 3072), dtype=np.uint8),
-                         b"labels": rng.integers(0, 10, per).tolist()}, f)
-    with open(d / "test_batch", "wb") as f:
-        pickle.dump({b"data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8),
-                     b"labels": rng.integers(0, 10, n_test).tolist()}, f)
-    return d
+from acdc.data.cifar import write_cifar
 
 
 def make_imagefolder(root: Path, n_images: int, n_classes: int = 10, size: int = 80) -> Path:
@@ -112,7 +96,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t = time.perf_counter()
-        cifar_dir = make_cifar(tmp / "cifar", args.n_cifar)
+        cifar_dir = write_cifar(tmp / "cifar", "cifar10", n_train=args.n_cifar, n_test=1000)
         folder = make_imagefolder(tmp / "imagefolder", args.n_images)
         print(f"generated data in {time.perf_counter() - t:.1f}s "
               f"(torch threads: {torch.get_num_threads()}, workers: {args.workers})")

@@ -29,72 +29,36 @@ from __future__ import annotations
 import time
 
 import torch
-import torch.nn as nn
 import torchvision
 
-from acdc.measure.flops import PRUNABLE_TYPES, inference_flops, schedule_training_flops
+from acdc.masks import global_magnitude, uniform_magnitude
+from acdc.measure.flops import inference_flops, schedule_training_flops
+from acdc.schedule import Schedule
+from acdc.targets import prunable_parameters
 
 INPUT = (3, 224, 224)
 
 
 def paper_imagenet_timeline() -> list[tuple[str, float, float]]:
     """D[0,10) (S5,D5)x6 S[70,75) D[75,85) S[85,100): 50 dense + 50 sparse epochs."""
-    try:
-        from acdc.schedule import Schedule
-
-        return [tuple(p) for p in Schedule.paper_imagenet().timeline()]
-    except Exception:  # schedule module not available: build it by hand
-        tl: list[tuple[str, float, float]] = [("dense", 0.0, 10.0)]
-        for s in range(10, 70, 10):
-            tl += [("sparse", float(s), s + 5.0), ("dense", s + 5.0, s + 10.0)]
-        return tl + [("sparse", 70.0, 75.0), ("dense", 75.0, 85.0), ("sparse", 85.0, 100.0)]
-
-
-def prunable(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {f"{n}.weight": m.weight.detach() for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
-
-
-def global_mask(weights: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
-    try:
-        from acdc.masks import global_magnitude
-
-        return global_magnitude(weights, sparsity)
-    except ImportError:
-        flat = torch.cat([w.abs().reshape(-1) for w in weights.values()])
-        keep = flat.numel() - int(round(sparsity * flat.numel()))
-        thr = torch.topk(flat, keep).values[-1]
-        return {k: w.abs() >= thr for k, w in weights.items()}
-
-
-def uniform_mask(weights: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
-    try:
-        from acdc.masks import uniform_magnitude
-
-        return uniform_magnitude(weights, sparsity)
-    except ImportError:
-        out = {}
-        for k, w in weights.items():
-            keep = w.numel() - int(round(sparsity * w.numel()))
-            thr = torch.topk(w.abs().reshape(-1), keep).values[-1]
-            out[k] = w.abs() >= thr
-        return out
+    return [tuple(p) for p in Schedule.paper_imagenet().timeline()]
 
 
 def main(sparsity: float = 0.9, seed: int = 0) -> dict[str, dict]:
     torch.manual_seed(seed)
     t0 = time.time()
     model = torchvision.models.resnet50(weights=None, num_classes=1000)
-    weights = prunable(model)
+    weights = {k: p.detach() for k, p in prunable_parameters(model).items()}
     n_total = sum(w.numel() for w in weights.values())
     timeline = paper_imagenet_timeline()
-    f_dense, per_layer = inference_flops(model, INPUT, per_layer=True)
+    f_dense = inference_flops(model, INPUT)
     f_other = inference_flops(model, INPUT, include_other=True)
     print(f"ResNet50, input {INPUT}, random init (seed {seed}); {len(weights)} Conv/Linear weights, {n_total:,} params")
     print(f"dense inference: {f_dense / 1e9:.3f} GFLOPs/sample (Conv/Linear, 2 per MAC); "
           f"with BN/bias/ReLU/pool: {f_other / 1e9:.3f}")
     print("timeline: " + " ".join(f"{k[0].upper()}[{s:g},{e:g})" for k, s, e in timeline))
     rows = {}
-    for name, fn in (("global", global_mask), ("uniform", uniform_mask)):
+    for name, fn in (("global", global_magnitude), ("uniform", uniform_magnitude)):
         masks = fn(weights, sparsity)
         kept = sum(int(m.sum()) for m in masks.values())
         res = schedule_training_flops(model, INPUT, timeline, masks, samples_per_epoch=1)

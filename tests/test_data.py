@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _formats import write_idx, write_imagefolder, write_wikitext
 
 import acdc.data as D
+from acdc.data.cifar import write_cifar
 
 
 # ---------------------------------------------------------------- registry / keys
@@ -62,42 +64,8 @@ def test_digits() -> None:
 
 
 # ---------------------------------------------------------------- CIFAR
-def _write_cifar10(root, n_per_batch: int = 20, n_test: int = 15, seed: int = 0):
-    import pickle
-
-    rng = np.random.default_rng(seed)
-    d = root / "cifar-10-batches-py"
-    d.mkdir(parents=True)
-    for i in range(1, 6):
-        batch = {b"batch_label": b"x", b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
-                 b"labels": rng.integers(0, 10, n_per_batch).tolist(), b"filenames": []}
-        with open(d / f"data_batch_{i}", "wb") as f:
-            pickle.dump(batch, f)
-    test = {b"data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8),
-            b"labels": rng.integers(0, 10, n_test).tolist()}
-    with open(d / "test_batch", "wb") as f:
-        pickle.dump(test, f)
-    with open(d / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f)
-    return d
-
-
-def _write_cifar100(root, n_train: int = 30, n_test: int = 10):
-    import pickle
-
-    rng = np.random.default_rng(1)
-    d = root / "cifar-100-python"
-    d.mkdir(parents=True)
-    for split, n in (("train", n_train), ("test", n_test)):
-        with open(d / split, "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                         b"fine_labels": rng.integers(0, 100, n).tolist(),
-                         b"coarse_labels": rng.integers(0, 20, n).tolist()}, f)
-    return d
-
-
 def test_cifar10_shapes_labels_and_normalisation(tmp_path) -> None:
-    d = _write_cifar10(tmp_path)
+    d = write_cifar(tmp_path, "cifar10", n_train=100, n_test=15)
     b = D.build({"name": "cifar10", "path": str(d), "augment": False})
     assert (b.num_classes, b.input_shape, len(b.train), len(b.val)) == (10, (3, 32, 32), 100, 15)
     assert b.info["classes"][3] == "c3"
@@ -116,7 +84,7 @@ def test_cifar10_shapes_labels_and_normalisation(tmp_path) -> None:
 
 
 def test_cifar_augmentation_is_crop_and_flip(tmp_path) -> None:
-    d = _write_cifar10(tmp_path)
+    d = write_cifar(tmp_path, "cifar10", n_train=100, n_test=15)
     plain = D.build({"name": "cifar10", "path": str(d), "augment": False}).train
     aug = D.build({"name": "cifar10", "path": str(d)}).train  # augment defaults to True
     assert aug.augment and not plain.augment
@@ -146,7 +114,7 @@ def test_cifar_augmentation_is_crop_and_flip(tmp_path) -> None:
 
 
 def test_cifar100_fine_labels(tmp_path) -> None:
-    d = _write_cifar100(tmp_path)
+    d = write_cifar(tmp_path, "cifar100", n_train=30, n_test=10, seed=1)
     b = D.build({"name": "cifar100", "path": str(d)}, seed=0)
     assert (b.num_classes, len(b.train), len(b.val)) == (100, 30, 10)
     import pickle
@@ -161,7 +129,7 @@ def test_cifar_errors(tmp_path) -> None:
         D.build({"name": "cifar10", "path": str(tmp_path / "nowhere")})
     with pytest.raises(ValueError, match="needs 'path'"):
         D.build({"name": "cifar10"})
-    d = _write_cifar10(tmp_path)
+    d = write_cifar(tmp_path, "cifar10", n_train=100, n_test=15)
     (d / "data_batch_3").unlink()
     with pytest.raises(FileNotFoundError, match="data_batch_3"):
         D.build({"name": "cifar10", "path": str(d)})
@@ -183,29 +151,11 @@ def test_cifar_errors(tmp_path) -> None:
 
 
 # ---------------------------------------------------------------- MNIST IDX
-def _write_idx(root, prefix: str, n: int, gz: bool = False, n_labels: int | None = None,
-               img_magic: int = 2051, lbl_magic: int = 2049, seed: int = 0):
-    import gzip
-    import struct
-
-    rng = np.random.default_rng(seed)
-    imgs = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-    n_labels = n if n_labels is None else n_labels
-    labels = rng.integers(0, 10, n_labels).astype(np.uint8)
-    op = gzip.open if gz else open
-    ext = ".gz" if gz else ""
-    with op(root / f"{prefix}-images-idx3-ubyte{ext}", "wb") as f:
-        f.write(struct.pack(">iIII", img_magic, n, 28, 28) + imgs.tobytes())
-    with op(root / f"{prefix}-labels-idx1-ubyte{ext}", "wb") as f:
-        f.write(struct.pack(">iI", lbl_magic, n_labels) + labels.tobytes())
-    return imgs, labels
-
-
 @pytest.mark.parametrize("gz", [False, True])
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
 def test_idx_datasets(tmp_path, gz: bool, name: str) -> None:
-    imgs, labels = _write_idx(tmp_path, "train", 12, gz=gz)
-    _write_idx(tmp_path, "t10k", 5, gz=gz, seed=1)
+    imgs, labels = write_idx(tmp_path, "train", 12, gz=gz)
+    write_idx(tmp_path, "t10k", 5, gz=gz, seed=1)
     b = D.build({"name": name, "path": str(tmp_path)})
     assert (b.num_classes, b.input_shape, len(b.train), len(b.val)) == (10, (1, 28, 28), 12, 5)
     x, y = b.train[3]
@@ -215,19 +165,19 @@ def test_idx_datasets(tmp_path, gz: bool, name: str) -> None:
 
 
 def test_idx_errors(tmp_path) -> None:
-    _write_idx(tmp_path, "train", 6)
+    write_idx(tmp_path, "train", 6)
     with pytest.raises(FileNotFoundError, match="t10k-images-idx3-ubyte"):
         D.build({"name": "mnist", "path": str(tmp_path)})
-    _write_idx(tmp_path, "t10k", 4, img_magic=2049)
+    write_idx(tmp_path, "t10k", 4, img_magic=2049)
     with pytest.raises(ValueError, match="t10k-images-idx3-ubyte.*magic number 2049, expected 2051"):
         D.build({"name": "mnist", "path": str(tmp_path)})
-    _write_idx(tmp_path, "t10k", 4, lbl_magic=2051)
+    write_idx(tmp_path, "t10k", 4, lbl_magic=2051)
     with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.*magic number 2051, expected 2049"):
         D.build({"name": "mnist", "path": str(tmp_path)})
-    _write_idx(tmp_path, "t10k", 4, n_labels=3)
+    write_idx(tmp_path, "t10k", 4, n_labels=3)
     with pytest.raises(ValueError, match="4 images but .*t10k-labels-idx1-ubyte.* has 3 labels"):
         D.build({"name": "mnist", "path": str(tmp_path)})
-    _write_idx(tmp_path, "t10k", 4)
+    write_idx(tmp_path, "t10k", 4)
     f = tmp_path / "t10k-images-idx3-ubyte"
     f.write_bytes(f.read_bytes()[:-10])
     with pytest.raises(ValueError, match="t10k-images-idx3-ubyte.*truncated"):
@@ -237,21 +187,9 @@ def test_idx_errors(tmp_path) -> None:
 
 
 # ---------------------------------------------------------------- ImageFolder
-def _write_imagefolder(root, classes=("cat", "dog", "eel"), n: int = 3, size: int = 20):
-    Image = pytest.importorskip("PIL.Image")
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for ci, c in enumerate(classes):
-            (root / split / c).mkdir(parents=True)
-            for k in range(n if split == "train" else 1):
-                arr = rng.integers(0, 256, (size, size + ci, 3), dtype=np.uint8)
-                Image.fromarray(arr).save(root / split / c / f"{k}.{'png' if k % 2 else 'jpg'}")
-    return root
-
-
 def test_imagefolder(tmp_path) -> None:
     pytest.importorskip("torchvision")
-    root = _write_imagefolder(tmp_path)
+    root = write_imagefolder(tmp_path)
     b = D.build({"name": "imagefolder", "path": str(root), "image_size": 16})
     assert (b.num_classes, b.input_shape, len(b.train), len(b.val)) == (3, (3, 16, 16), 9, 3)
     assert b.info["classes"] == ["cat", "dog", "eel"]
@@ -265,7 +203,7 @@ def test_imagefolder(tmp_path) -> None:
 
 def test_imagefolder_errors(tmp_path) -> None:
     pytest.importorskip("torchvision")
-    root = _write_imagefolder(tmp_path / "ok")
+    root = write_imagefolder(tmp_path / "ok")
     cfg = {"name": "imagefolder", "path": str(root), "image_size": 16}
     (root / "val" / "eel" / "0.jpg").unlink()
     with pytest.raises(ValueError, match="eel.*has no images"):
@@ -282,24 +220,16 @@ def test_imagefolder_errors(tmp_path) -> None:
 
 
 # ---------------------------------------------------------------- language modelling
-def _write_wikitext(root, ptb: bool = False):
-    train = " = Title = \n\n the cat sat on the mat \n the dog sat \n" * 10
-    valid = " the cat ran far \n the zebra sat \n" * 5
-    names = ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt") if ptb else (
-        "wiki.train.tokens", "wiki.valid.tokens", "wiki.test.tokens")
-    for fname, text in zip(names, (train, valid, valid.replace("cat", "dog"))):
-        (root / fname).write_text(text, encoding="utf-8")
-    return train, valid
-
-
 @pytest.mark.parametrize("ptb", [False, True])
 def test_wikitext(tmp_path, ptb: bool) -> None:
-    train, valid = _write_wikitext(tmp_path, ptb)
+    train, valid = write_wikitext(tmp_path, ptb)
     b = D.build({"name": "wikitext", "path": str(tmp_path), "context": 8})
     assert b.task == "lm" and b.input_shape == (8,)
     vocab = b.info["vocab"]
     assert vocab[:2] == ["<eos>", "<unk>"]
     assert set(vocab) == {"<eos>", "<unk>", "=", "Title", "the", "cat", "sat", "on", "mat", "dog"}
+    # specials first, then by descending train count, ties in string order
+    assert vocab == ["<eos>", "<unk>", "the", "=", "sat", "Title", "cat", "dog", "mat", "on"]
     assert b.num_classes == len(vocab)
     n_tokens = sum(len(line.split()) + 1 for line in train.splitlines())
     assert b.info["n_train_tokens"] == n_tokens
@@ -318,11 +248,11 @@ def test_wikitext(tmp_path, ptb: bool) -> None:
 
 
 def test_wikitext_errors(tmp_path) -> None:
-    _write_wikitext(tmp_path)
+    write_wikitext(tmp_path)
     (tmp_path / "wiki.valid.tokens").unlink()
     with pytest.raises(FileNotFoundError, match="missing valid split.*wiki.valid.tokens"):
         D.build({"name": "wikitext", "path": str(tmp_path)})
-    _write_wikitext(tmp_path)
+    write_wikitext(tmp_path)
     with pytest.raises(ValueError, match="context"):
         D.build({"name": "wikitext", "path": str(tmp_path), "context": 10_000})
     with pytest.raises(ValueError, match="'context' must be a positive integer"):
@@ -358,7 +288,7 @@ def test_chars(tmp_path) -> None:
 
 def test_dataloader_batches(tmp_path) -> None:
     """The uint8 datasets' batched __getitems__ path works through a standard DataLoader."""
-    d = _write_cifar10(tmp_path)
+    d = write_cifar(tmp_path, "cifar10", n_train=100, n_test=15)
     b = D.build({"name": "cifar10", "path": str(d)})
     xb, yb = next(iter(torch.utils.data.DataLoader(b.train, batch_size=8, shuffle=True)))
     assert xb.shape == (8, 3, 32, 32) and yb.shape == (8,) and yb.dtype == torch.long

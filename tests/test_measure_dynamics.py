@@ -7,6 +7,8 @@ import torch
 import torch.nn as nn
 
 from acdc.measure.dynamics import MaskTracker, layer_density, mask_difference, prunable_weights, zero_fraction
+from acdc.models.transformer import TransformerLM
+from acdc.targets import prunable_parameters
 
 
 def _masks():
@@ -54,6 +56,15 @@ def test_prunable_weights_of_model():
     with torch.no_grad():
         model[3].weight[0] = 0
     assert zero_fraction(model, per_layer=False) == 2 / 8
+    assert prunable_weights(nn.Sequential(nn.ReLU())) == {}
+
+
+def test_prunable_weights_use_the_mask_names_of_tied_weights():
+    # the LM head is tied to the embedding: one entry, under the name the training methods' masks use
+    lm = TransformerLM(vocab_size=13, n_layers=1, n_heads=2, d_model=8, context=6)
+    names = list(prunable_weights(lm))
+    assert names == list(prunable_parameters(lm))
+    assert "tok_emb.weight" in names and "head.weight" not in names
 
 
 def test_tracker_and_resume():

@@ -15,6 +15,8 @@ from acdc.measure.flops import (
     topkast_epoch_flops,
     training_flops,
 )
+from acdc.models.transformer import TransformerLM
+from acdc.schedule import Schedule
 
 
 def test_linear_flops_and_half_zero():
@@ -101,9 +103,8 @@ def test_transformer_attention_term():
     assert inference_flops(lm, (t,), dtype=torch.long) == linear + attention
 
 
-def test_project_transformer_lm_if_available():
-    tr = pytest.importorskip("acdc.models.transformer")
-    lm = tr.TransformerLM(vocab_size=13, n_layers=2, n_heads=2, d_model=8, context=6)
+def test_project_transformer_lm():
+    lm = TransformerLM(vocab_size=13, n_layers=2, n_heads=2, d_model=8, context=6)
     t, d, v = 6, 8, 13
     per_layer_linear = 2 * t * (3 * d * d + d * d + 4 * d * d + 4 * d * d)
     expected = 2 * per_layer_linear + 2 * t * d * v + 2 * 4 * t * t * d
@@ -162,11 +163,10 @@ def test_schedule_training_flops_linear():
     assert res2["relative_to_dense"] == pytest.approx((2.5 * 0.5 + 0.1 * 3.5) / 6)
 
 
-def test_schedule_object_if_available():
-    sched = pytest.importorskip("acdc.schedule")
+def test_schedule_object():
     lin = nn.Linear(10, 10, bias=False)
     mask = torch.zeros(10, 10, dtype=torch.bool)
     mask[0] = True
-    res = schedule_training_flops(lin, (10,), sched.Schedule.paper_imagenet(), {"weight": mask})
+    res = schedule_training_flops(lin, (10,), Schedule.paper_imagenet(), {"weight": mask})
     assert res["dense_epochs"] == 50 and res["sparse_epochs"] == 50
     assert res["relative_to_dense"] == pytest.approx(0.55)

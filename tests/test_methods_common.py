@@ -58,11 +58,20 @@ def train(model, opt, method, steps: range, check=None) -> None:
 
 
 def check_zeros(method) -> None:
+    if getattr(method, "finalized", True) is False:
+        # STR before finalize(): its masks are read off the effective weights (w_eff != 0), so checking w_eff
+        # against them would be circular; check instead that w_eff is zero exactly where |w| <= sigmoid(s)
+        thresholds = method.threshold_values()
+        for n, w_eff in method.effective_weights().items():
+            mod_name, _, attr = n.rpartition(".")
+            w = method.model.get_submodule(mod_name).parametrizations[attr].original.detach()
+            assert torch.equal(w_eff == 0, w.abs() <= thresholds[n]), f"str: zeros of {n} off the threshold"
+            assert torch.equal(method.masks[n], w_eff != 0)
+        return
     masks = method.masks
     if masks is None:
         return
-    weights = method.effective_weights() if hasattr(method, "effective_weights") else method.masked.weights()
-    for n, w in weights.items():
+    for n, w in method.masked.weights().items():
         assert not bool(w[~masks[n]].any()), f"{method.name}: pruned weights of {n} moved"
 
 

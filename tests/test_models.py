@@ -90,6 +90,12 @@ def test_unknown_name_lists_known() -> None:
     assert "small_cnn" in available()
 
 
+def test_bad_num_classes_is_refused() -> None:
+    for name in ("resnet20", "transformer_lm", "torchvision:resnet18"):
+        with pytest.raises(ValueError, match="num_classes must be a positive int"):
+            build(name, 0)
+
+
 def test_bad_kwargs_are_reported() -> None:
     with pytest.raises(TypeError, match="small_cnn"):
         build("small_cnn", 10, not_an_arg=1)

@@ -1,7 +1,7 @@
 """Every shipped recipe: the paper's hyper-parameters and schedule, and a two-step dry run on tiny generated data.
 
 Each recipe in ``recipes/`` is loaded as a user would (``--set`` overrides), pointed at tiny files of its data
-format written to a temp folder (CIFAR pickle batches, ImageFolder PNGs, WikiText token files), shrunk where the
+format written to a temp folder (CIFAR pickle batches, ImageFolder images, WikiText token files), shrunk where the
 real network is too slow for a 2-core CPU (same architecture family; see ``SMALL_MODELS``), and trained for two
 optimizer steps: one dense epoch and one sparse epoch of one step each (``max_steps_per_epoch=1``). The real-size
 networks get a forward pass of batch 2 (``test_real_architectures_forward``) and, marked slow, a full dry run.
@@ -10,16 +10,17 @@ networks get a forward pass of batch 2 (``test_real_architectures_forward``) and
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from _formats import write_imagefolder, write_wikitext
 
 from acdc import data as data_mod
 from acdc import models
+from acdc.data.cifar import write_cifar
 from acdc.methods import available
 from acdc.schedule import Schedule
 from acdc.train.loop import Trainer
@@ -67,62 +68,15 @@ SMALL_MODELS = {
 
 
 # ---------------------------------------------------------------------- tiny data in each recipe format
-def write_cifar10(root: Path, n_per_batch: int = 8, n_test: int = 6) -> Path:
-    rng = np.random.default_rng(0)
-    d = root / "cifar-10-batches-py"
-    d.mkdir(parents=True)
-    for i in range(1, 6):
-        with open(d / f"data_batch_{i}", "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
-                         b"labels": rng.integers(0, 10, n_per_batch).tolist()}, f)
-    with open(d / "test_batch", "wb") as f:
-        pickle.dump({b"data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8),
-                     b"labels": rng.integers(0, 10, n_test).tolist()}, f)
-    return d
-
-
-def write_cifar100(root: Path, n_train: int = 20, n_test: int = 6) -> Path:
-    rng = np.random.default_rng(1)
-    d = root / "cifar-100-python"
-    d.mkdir(parents=True)
-    for split, n in (("train", n_train), ("test", n_test)):
-        with open(d / split, "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                         b"fine_labels": rng.integers(0, 100, n).tolist(),
-                         b"coarse_labels": rng.integers(0, 20, n).tolist()}, f)
-    return d
-
-
-def write_imagefolder(root: Path, classes=("cat", "dog", "eel"), n: int = 2, size: int = 20) -> Path:
-    Image = pytest.importorskip("PIL.Image")
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for c in classes:
-            (root / split / c).mkdir(parents=True)
-            for k in range(n):
-                arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-                Image.fromarray(arr).save(root / split / c / f"{k}.png")
-    return root
-
-
-def write_wikitext(root: Path, vocab: int = 50) -> Path:
-    rng = np.random.default_rng(2)
-    words = [f"w{i}" for i in range(vocab)]
-    root.mkdir(parents=True)
-    for split, lines in (("train", 40), ("valid", 12), ("test", 12)):
-        text = "\n".join(" ".join(rng.choice(words, 10)) for _ in range(lines))
-        (root / f"wiki.{split}.tokens").write_text(f" = Title = \n{text}\n")
-    return root
-
-
 @pytest.fixture(scope="module")
 def data_paths(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("recipe_data")
+    write_wikitext(root / "wt103")
     return {
-        "cifar10": write_cifar10(root / "c10"),
-        "cifar100": write_cifar100(root / "c100"),
-        "imagefolder": write_imagefolder(root / "imagenet"),
-        "wikitext": write_wikitext(root / "wt103"),
+        "cifar10": write_cifar(root / "c10", "cifar10", n_train=40, n_test=6),
+        "cifar100": write_cifar(root / "c100", "cifar100", n_train=20, n_test=6, seed=1),
+        "imagefolder": write_imagefolder(root / "imagenet", n_train=2, n_val=2),
+        "wikitext": root / "wt103",
     }
 
 

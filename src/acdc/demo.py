@@ -18,19 +18,10 @@ from .train.recipe import parse_recipe
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "mnist5k_acdc.yaml"
 
-# Same content as recipes/mnist5k_acdc.yaml, used when the package is installed without the repository.
-_FALLBACK = {
-    "name": "mnist5k-acdc", "seed": 0, "epochs": 16, "batch_size": 64, "eval_batch_size": 500,
-    "model": {"name": "small_cnn", "width": 16}, "data": {"name": "mnist5k", "test_fraction": 0.2},
-    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.0005},
-    "lr_schedule": {"name": "cosine", "warmup_epochs": 1},
-    "method": {"name": "acdc", "sparsity": 0.9, "target": "global",
-               "schedule": {"warmup": 3, "sparse": 2, "dense": 2, "final_sparse": 5}},
-}
-
-
 def demo_recipes(epochs: int | None = None) -> tuple[dict, dict]:
-    raw = yaml.safe_load(RECIPE.read_text()) if RECIPE.is_file() else dict(_FALLBACK)
+    if not RECIPE.is_file():
+        raise FileNotFoundError(f"demo recipe {RECIPE} not found: run the demo from a checkout of the repository")
+    raw = yaml.safe_load(RECIPE.read_text())
     if epochs is not None:
         raw["epochs"] = epochs
         raw["method"]["schedule"] = "paper_imagenet"  # stretched to `epochs`

@@ -22,7 +22,8 @@ from collections.abc import Mapping
 
 import torch
 
-__all__ = ["global_magnitude", "uniform_magnitude", "n_m", "topk_mask", "pruned_count", "check_sparsity"]
+__all__ = ["global_magnitude", "uniform_magnitude", "n_m", "topk_mask", "pruned_count", "keep_count",
+           "check_sparsity"]
 
 _LITTLE = sys.byteorder == "little"
 _NONFINITE_BUCKET = 0x7F800000 >> 16  # first high-half bucket of inf/NaN bit patterns
@@ -42,6 +43,11 @@ def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
 def pruned_count(n: int, sparsity: float) -> int:
     """Number of weights pruned out of ``n`` at ``sparsity``: ``round(sparsity * n)`` as torch.nn.utils.prune."""
     return int(round(sparsity * n))
+
+
+def keep_count(n: int, sparsity: float) -> int:
+    """Weights kept out of ``n`` at ``sparsity`` (``n - round(sparsity * n)``)."""
+    return n - pruned_count(n, sparsity)
 
 
 def _halves(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,6 +74,14 @@ def _check_finite(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"weights {name!r} contain NaN or inf; cannot rank by magnitude (check the training loss)")
 
 
+def _kth_bucket(hist: torch.Tensor, k: int) -> tuple[int, int]:
+    """``(b, greater)``: the bucket of ``hist`` holding the k-th largest value, and how many lie in higher buckets."""
+    above = torch.flip(torch.cumsum(torch.flip(hist, [0]), 0), [0])  # above[i] = count(bucket >= i)
+    b = int(torch.nonzero(above >= k).max())
+    greater = int(above[b + 1]) if b + 1 < above.numel() else 0
+    return b, greater
+
+
 def _high_bucket(tensors: Mapping[str, torch.Tensor], k: int) -> tuple[int, int, int]:
     """Radix pass 1: histogram of the high 15 bits of |w| (sign cleared) over all tensors.
 
@@ -83,9 +97,7 @@ def _high_bucket(tensors: Mapping[str, torch.Tensor], k: int) -> tuple[int, int,
     if int(hist[_NONFINITE_BUCKET:].sum()):  # inf/NaN bit patterns sort above every finite value
         for n, t in tensors.items():
             _check_finite(n, t)
-    above = torch.flip(torch.cumsum(torch.flip(hist, [0]), 0), [0])  # above[i] = count(high >= i)
-    b = int(torch.nonzero(above >= k).max())
-    greater = int(above[b + 1]) if b + 1 < above.numel() else 0
+    b, greater = _kth_bucket(hist, k)
     return b, greater, int(hist[b])
 
 
@@ -129,9 +141,7 @@ def _masks_three_pass(tensors: Mapping[str, torch.Tensor], b: int, need: int) ->
             sel = low[torch.bitwise_and(high, 0x7FFF) == b]
             if sel.numel():
                 hist2 += torch.bincount(torch.bitwise_and(sel.to(torch.int32), 0xFFFF), minlength=1 << 16)
-    above2 = torch.flip(torch.cumsum(torch.flip(hist2, [0]), 0), [0])
-    lo = int(torch.nonzero(above2 >= need).max())
-    greater2 = int(above2[lo + 1]) if lo + 1 < above2.numel() else 0
+    lo, greater2 = _kth_bucket(hist2, need)
     thr = torch.tensor([(b << 16) | lo], dtype=torch.int32).view(torch.float32).item()
     ties_left = need - greater2  # >= 1 values equal to the threshold to keep, lowest global index first
     out: dict[str, torch.Tensor] = {}
@@ -177,7 +187,7 @@ def global_magnitude(weights: Mapping[str, torch.Tensor], sparsity: float) -> di
     if not weights:
         raise ValueError("global_magnitude: no weights given")
     total = sum(t.numel() for t in weights.values())
-    return topk_mask(weights, total - pruned_count(total, s))
+    return topk_mask(weights, keep_count(total, s))
 
 
 def uniform_magnitude(
@@ -190,7 +200,7 @@ def uniform_magnitude(
     out = {}
     for n, t in weights.items():
         s = check_sparsity(sparsity[n] if isinstance(sparsity, Mapping) else sparsity, f"sparsity[{n}]")
-        out.update(topk_mask({n: t}, t.numel() - pruned_count(t.numel(), s)))
+        out.update(topk_mask({n: t}, keep_count(t.numel(), s)))
     return out
 
 

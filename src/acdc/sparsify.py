@@ -51,6 +51,18 @@ def reset_optimizer_state(optimizer: torch.optim.Optimizer, params: Mapping[str,
     return count
 
 
+def zero_fraction(tensors: Mapping[str, torch.Tensor]) -> float:
+    """Fraction of all elements of ``tensors`` that are exactly zero (0.0 when there are none)."""
+    total = sum(t.numel() for t in tensors.values())
+    zeros = sum(int((t.detach() == 0).sum()) for t in tensors.values())
+    return zeros / total if total else 0.0
+
+
+def layer_zero_fractions(tensors: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Per-tensor fraction of elements that are exactly zero."""
+    return {n: float((t.detach() == 0).sum()) / t.numel() for n, t in tensors.items()}
+
+
 def mask_optimizer_state(
     optimizer: torch.optim.Optimizer, params: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]
 ) -> None:
@@ -128,12 +140,10 @@ class MaskedParams:
 
     def sparsity(self) -> float:
         """Achieved sparsity: fraction of prunable weights that are exactly zero."""
-        total = self.numel()
-        zeros = sum(int((p.detach() == 0).sum()) for p in self.params.values())
-        return zeros / total if total else 0.0
+        return zero_fraction(self.params)
 
     def layer_sparsity(self) -> dict[str, float]:
-        return {n: float((p.detach() == 0).sum()) / p.numel() for n, p in self.params.items()}
+        return layer_zero_fractions(self.params)
 
 
 class OptimizerHooks:

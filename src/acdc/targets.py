@@ -40,7 +40,7 @@ def prunable_parameters(
     names = list(named)
     include_l, exclude_l = _as_list(include), _as_list(exclude)
     if include_l:
-        selected = []
+        selected: set[str] = set()
         for pat in include_l:
             hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
             if not hits:
@@ -48,15 +48,12 @@ def prunable_parameters(
                     f"include pattern {pat!r} matches no parameter; parameter names look like "
                     f"{names[:6]}{' ...' if len(names) > 6 else ''} (use glob syntax, e.g. 'layer1.*.weight')"
                 )
-            selected += [n for n in hits if n not in selected]
-        chosen = [n for n in names if n in selected]
+            selected.update(hits)
+        chosen = [n for n in names if n in selected]  # model order, each once
     else:
-        ids = {id(p) for n, p in named.items()}
-        default_ids = set()
-        for mod in model.modules():
-            if isinstance(mod, PRUNABLE_TYPES) and isinstance(getattr(mod, "weight", None), nn.Parameter):
-                default_ids.add(id(mod.weight))
-        chosen = [n for n in names if id(named[n]) in default_ids and id(named[n]) in ids]
+        default_ids = {id(mod.weight) for mod in model.modules()
+                       if isinstance(mod, PRUNABLE_TYPES) and isinstance(getattr(mod, "weight", None), nn.Parameter)}
+        chosen = [n for n, p in named.items() if id(p) in default_ids]
     for pat in exclude_l:
         hits = [n for n in chosen if fnmatch.fnmatchcase(n, pat)]
         if not hits:

@@ -70,7 +70,6 @@ def agree_models(
     falling back to A's); ``data`` is a ``--data`` string or a data block (default the recipe's). Returns the
     agreement metrics plus ``model_a``, ``model_b``, ``data``, ``recipe``.
     """
-    import torch
     from torch.utils.data import DataLoader
 
     from .. import data as data_mod
@@ -95,8 +94,7 @@ def agree_models(
         load_model(path, m)
         models.append(m.to(dev))
     loader = DataLoader(bundle.val, batch_size=batch_size or ra.eval_batch_size, shuffle=False)
-    with torch.no_grad():
-        res = agreement(models[0], models[1], loader, device=dev)
+    res = agreement(models[0], models[1], loader, device=dev)  # no_grad, eval mode inside
     own = recipe is None or hasattr(recipe, "to_dict")
     recipe_src = str(pa.parent / "recipe.yaml") if own else str(recipe)
     return {"model_a": str(pa), "model_b": str(pb), "data": cfg, "recipe": recipe_src, **res}

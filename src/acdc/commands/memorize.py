@@ -91,14 +91,13 @@ def memorize(
                 "mem_acc_other": r["acc_vs_other"]}
 
     res = Trainer(recipe, out, bundle=corrupted_bundle, epoch_hooks=[hook], progress=progress, resume=resume).run()
+    run = load_run(out)  # reads metrics.jsonl once, for the curves and the figure
     keys = ("mem_acc_corrupted", "mem_acc_true", "mem_acc_other")
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        if line.strip():
-            m = json.loads(line)
-            result["curves"].append({"epoch": m["epoch"], "phase": m["phase"], **{k: m[k] for k in keys}})
+    result["curves"] = [{"epoch": m["epoch"], "phase": m["phase"], **{k: m[k] for k in keys}} for m in run.metrics]
     result["summary"] = {k: res.summary.get(k) for k in ("final", "sparse", "dense")}
     atomic_write_text(out / "memorization.json", json.dumps(result))
-    plot_memorization([load_run(out)], out / "memorization.png")
+    run.memorization = result
+    plot_memorization([run], out / "memorization.png")
     return result
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..train.checkpoint import atomic_write_bytes, load_tensors
+from ..train.checkpoint import link_or_copy, load_metadata
 from ..train.loop import Trainer
 from ..train.recipe import load_recipe, parse_recipe
 
@@ -54,8 +54,7 @@ def finetune_dense(run_dir: str | Path, epochs: int | None = None, progress: boo
         if not p.is_file():
             raise FileNotFoundError(f"{p} not found: finetune-dense needs a finished AC/DC run directory")
     recipe = load_recipe(rpath)
-    _, meta = load_tensors(dpath)
-    best_epoch = int(json.loads(meta["epoch"]))
+    best_epoch = int(json.loads(load_metadata(dpath)["epoch"]))
     start = best_epoch + 1
     raw = recipe.to_dict()
     raw["method"] = {"name": "dense"}
@@ -70,7 +69,7 @@ def finetune_dense(run_dir: str | Path, epochs: int | None = None, progress: boo
     trainer = Trainer(ft, out, progress=progress, init_weights=dpath, start_epoch=start)
     res = trainer.run()
     # the fine-tuned model is the final dense model of that run
-    atomic_write_bytes(run_dir / "dense_finetuned.safetensors", (out / "final.safetensors").read_bytes())
+    link_or_copy(out / "final.safetensors", run_dir / "dense_finetuned.safetensors")
     summary = dict(res.summary)
     summary["start_epoch"] = start
     summary["files"] = {"dense_finetuned": str(run_dir / "dense_finetuned.safetensors")}

@@ -13,14 +13,14 @@ from .base import DataBundle, LMWindows, UInt8ImageDataset, stratified_split
 from .cifar import build_cifar
 from .idx import build_idx
 from .imagefolder import build_imagefolder
-from .small import build_digits, build_mnist5k
+from .small import SPLIT_KEYS, build_digits, build_mnist5k
 from .text import build_chars, build_wikitext
 
 Builder = Callable[[dict, int], DataBundle]
 
 _REGISTRY: dict[str, tuple[Builder, frozenset[str]]] = {
-    "mnist5k": (build_mnist5k, frozenset({"name", "test_fraction", "seed", "augment"})),
-    "digits": (build_digits, frozenset({"name", "test_fraction", "seed", "augment"})),
+    "mnist5k": (build_mnist5k, SPLIT_KEYS),
+    "digits": (build_digits, SPLIT_KEYS),
     "cifar10": (build_cifar, frozenset({"name", "path", "augment"})),
     "cifar100": (build_cifar, frozenset({"name", "path", "augment"})),
     "imagefolder": (build_imagefolder, frozenset({"name", "path", "augment", "image_size"})),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -152,3 +153,19 @@ def as_fraction(value: object, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < float(value) < 1.0:
         raise ValueError(f"data option {key!r} must be a number strictly between 0 and 1, got {value!r}")
     return float(value)
+
+
+def data_path(cfg: dict, what: str, *, file: bool = False, hint: str = "") -> Path:
+    """``cfg["path"]`` as a Path, checked to be an existing folder (or, with ``file``, a file).
+
+    ``what`` describes the expected path in the "needs 'path'" error; ``hint`` is appended to the "is not a
+    folder/file" one.
+    """
+    name = cfg["name"]
+    path = cfg.get("path")
+    if path is None:
+        raise ValueError(f"dataset {name!r} needs 'path': {what}")
+    p = Path(str(path)).expanduser()
+    if not (p.is_file() if file else p.is_dir()):
+        raise FileNotFoundError(f"{name}: data.path {str(p)!r} is not a {'file' if file else 'folder'}{hint}")
+    return p

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -17,11 +18,24 @@ from .base import DataBundle, UInt8ImageDataset, as_bool
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 
+
+class _Spec(NamedTuple):
+    folder: str
+    train_files: list[str]
+    test_files: list[str]
+    label_key: bytes
+    meta_file: str
+    names_key: bytes
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
 _SPEC = {
-    # name: (folder name, train files, test files, label key, meta file, names key, classes)
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
-                b"labels", "batches.meta", b"label_names", 10),
-    "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels", "meta", b"fine_label_names", 100),
+    "cifar10": _Spec("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
+                     b"labels", "batches.meta", b"label_names", 10, CIFAR10_MEAN, CIFAR10_STD),
+    "cifar100": _Spec("cifar-100-python", ["train"], ["test"], b"fine_labels", "meta", b"fine_label_names", 100,
+                      CIFAR100_MEAN, CIFAR100_STD),
 }
 
 
@@ -68,29 +82,30 @@ def _load_pickle(f: Path, name: str, label_key: bytes) -> tuple[np.ndarray, np.n
 def build_cifar(cfg: dict, seed: int) -> DataBundle:
     """CIFAR-10/100; train augmentation = random crop 32 (pad 4) + horizontal flip."""
     name = cfg["name"]
-    folder, train_files, test_files, label_key, meta_file, names_key, n_classes = _SPEC[name]
+    spec = _SPEC[name]
+    n_classes = spec.num_classes
     augment = as_bool(cfg.get("augment", True), "augment")
-    root = _resolve_dir(cfg.get("path"), name, folder, train_files[0])
+    root = _resolve_dir(cfg.get("path"), name, spec.folder, spec.train_files[0])
 
     def load(files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = [_load_pickle(root / f, name, label_key) for f in files]
+        parts = [_load_pickle(root / f, name, spec.label_key) for f in files]
         x = torch.from_numpy(np.concatenate([p[0] for p in parts]))
         y = torch.from_numpy(np.concatenate([p[1] for p in parts]))
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= n_classes):
             raise ValueError(f"{name}: labels in {root} outside 0..{n_classes - 1}")
         return x, y
 
-    xtr, ytr = load(train_files)
-    xte, yte = load(test_files)
-    mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
+    xtr, ytr = load(spec.train_files)
+    xte, yte = load(spec.test_files)
+    mean, std = spec.mean, spec.std
     info: dict = {"n_train": len(ytr), "n_val": len(yte), "augment": augment, "path": str(root),
                   "mean": mean, "std": std}
-    meta = root / meta_file
+    meta = root / spec.meta_file
     if meta.is_file():
         try:
             with open(meta, "rb") as fh:
                 m = pickle.load(fh, encoding="bytes")
-            info["classes"] = [c.decode() if isinstance(c, bytes) else str(c) for c in m[names_key]]
+            info["classes"] = [c.decode() if isinstance(c, bytes) else str(c) for c in m[spec.names_key]]
         except Exception:  # class names are cosmetic; never fail on them
             pass
     return DataBundle(
@@ -101,3 +116,24 @@ def build_cifar(cfg: dict, seed: int) -> DataBundle:
         name=name,
         info=info,
     )
+
+
+def write_cifar(root: Path, name: str = "cifar10", n_train: int = 100, n_test: int = 20, seed: int = 0) -> Path:
+    """Write random uint8 images in ``name``'s python-version format to ``root/<folder>`` (for tests, benchmarks).
+
+    The train images are spread over the train files as evenly as possible; the meta file names the classes
+    ``c0``, ``c1``, ... Returns the dataset folder (what ``data.path`` points at).
+    """
+    spec = _SPEC[name]
+    rng = np.random.default_rng(seed)
+    d = Path(root) / spec.folder
+    d.mkdir(parents=True)
+    k = len(spec.train_files)
+    sizes = [(f, n_train // k + (i < n_train % k)) for i, f in enumerate(spec.train_files)]
+    for f, n in sizes + [(f, n_test) for f in spec.test_files]:
+        with open(d / f, "wb") as fh:
+            pickle.dump({b"data": rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8),
+                         spec.label_key: rng.integers(0, spec.num_classes, n).tolist()}, fh)
+    with open(d / spec.meta_file, "wb") as fh:
+        pickle.dump({spec.names_key: [f"c{i}".encode() for i in range(spec.num_classes)]}, fh)
+    return d

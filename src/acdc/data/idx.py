@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import DataBundle, UInt8ImageDataset
+from .base import DataBundle, UInt8ImageDataset, data_path
 
 _STATS = {"mnist": ((0.1307,), (0.3081,)), "fashion_mnist": ((0.2860,), (0.3530,))}
 _SUBDIRS = {"mnist": ("raw", "MNIST/raw"), "fashion_mnist": ("raw", "FashionMNIST/raw")}
@@ -61,12 +61,7 @@ def read_idx(path: Path, expect_magic: int) -> np.ndarray:
 def build_idx(cfg: dict, seed: int) -> DataBundle:
     """MNIST-format dataset: train = train-*, val = t10k-*; images (1, 28, 28), normalised."""
     name = cfg["name"]
-    path = cfg.get("path")
-    if path is None:
-        raise ValueError(f"dataset {name!r} needs 'path': the folder holding the IDX files")
-    root = Path(str(path)).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"{name}: data.path {str(root)!r} is not a folder; point it at the IDX files")
+    root = data_path(cfg, "the folder holding the IDX files", hint="; point it at the IDX files")
 
     def load(split: str) -> tuple[torch.Tensor, torch.Tensor]:
         fi = _find(root, f"{split}-images-idx3-ubyte", name)

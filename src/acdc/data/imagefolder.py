@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import DataBundle, as_bool, as_pos_int
+from .base import DataBundle, as_bool, as_pos_int, data_path
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -26,29 +26,17 @@ def _classes(split_dir: Path, name: str) -> list[str]:
     return classes
 
 
-def _rgb_loader(p: str):
-    """Module-level (picklable for DataLoader workers) PIL loader converting to RGB."""
-    from PIL import Image
-
-    with open(p, "rb") as f:
-        return Image.open(f).convert("RGB")
-
-
 def build_imagefolder(cfg: dict, seed: int) -> DataBundle:
     """Train: RandomResizedCrop(image_size) + flip; val: Resize(image_size*256/224) + CenterCrop."""
     try:
         from torchvision import datasets, transforms
+        from torchvision.datasets.folder import pil_loader
     except ImportError as e:
         raise ImportError(
             f"dataset 'imagefolder' needs torchvision ({e}); `pip install 'acdc-train[vision]'`"
         ) from e
     name = "imagefolder"
-    path = cfg.get("path")
-    if path is None:
-        raise ValueError("dataset 'imagefolder' needs 'path': a folder with train/ and val/ subfolders")
-    root = Path(str(path)).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"{name}: data.path {str(root)!r} is not a folder")
+    root = data_path(cfg, "a folder with train/ and val/ subfolders")
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise FileNotFoundError(
@@ -67,20 +55,16 @@ def build_imagefolder(cfg: dict, seed: int) -> DataBundle:
             f"(only in train: {only_t[:10]}, only in val: {only_v[:10]}); both splits need the same classes"
         )
     norm = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    if augment:
-        train_tf = transforms.Compose([
-            transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), transforms.ToTensor(), norm,
-        ])
-    else:
-        train_tf = transforms.Compose([
-            transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size), transforms.ToTensor(), norm,
-        ])
     val_tf = transforms.Compose([
         transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size), transforms.ToTensor(), norm,
     ])
+    train_tf = transforms.Compose([
+        transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), transforms.ToTensor(), norm,
+    ]) if augment else val_tf
 
-    train = datasets.ImageFolder(str(root / "train"), transform=train_tf, loader=_rgb_loader)
-    val = datasets.ImageFolder(str(root / "val"), transform=val_tf, loader=_rgb_loader)
+    # pil_loader: module-level (picklable for DataLoader workers), converts to RGB
+    train = datasets.ImageFolder(str(root / "train"), transform=train_tf, loader=pil_loader)
+    val = datasets.ImageFolder(str(root / "val"), transform=val_tf, loader=pil_loader)
     return DataBundle(
         train=train,
         val=val,

@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 from .base import DataBundle, as_fraction, stratified_split
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-SPLIT_KEYS = {"name", "test_fraction", "seed", "augment"}
+SPLIT_KEYS = frozenset({"name", "test_fraction", "seed", "augment"})  # config keys of both datasets
 
 
 def _split_bundle(
@@ -25,8 +25,8 @@ def _split_bundle(
     t = torch.from_numpy(y.astype(np.int64))
     num_classes = int(y.max()) + 1
     return DataBundle(
-        train=TensorDataset(x[tr].clone(), t[tr].clone()),
-        val=TensorDataset(x[te].clone(), t[te].clone()),
+        train=TensorDataset(x[tr], t[tr]),  # index arrays: these are copies already
+        val=TensorDataset(x[te], t[te]),
         num_classes=num_classes,
         input_shape=shape,
         name=name,

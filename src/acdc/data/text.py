@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .base import DataBundle, LMWindows, as_fraction, as_pos_int
+from .base import DataBundle, LMWindows, as_fraction, as_pos_int, data_path
 
 EOS, UNK = "<eos>", "<unk>"
 _SPLIT_FILES = {
@@ -27,10 +26,31 @@ def _words(path: Path) -> Iterator[str]:
             yield EOS
 
 
-def _encode(words: Iterable[str], stoi: dict[str, int], unk: int) -> torch.Tensor:
+def _vocab_and_tokens(path: Path) -> tuple[list[str], dict[str, int], torch.Tensor]:
+    """Vocabulary of a file (``<eos>``, ``<unk>``, then by descending count, ties alphabetical) and its tokens.
+
+    One pass over the file: words get ids in order of first appearance, renumbered afterwards into the
+    vocabulary's order. Returns (itos, stoi, token ids).
+    """
+    first_seen: dict[str, int] = {}
+    ids = np.fromiter((first_seen.setdefault(w, len(first_seen)) for w in _words(path)), dtype=np.int64)
+    counts = np.bincount(ids, minlength=len(first_seen)).tolist()
+    specials = [EOS, UNK]
+    rest = sorted((w for w in first_seen if w not in specials), key=lambda w: (-counts[first_seen[w]], w))
+    itos = specials + rest
+    stoi = {w: i for i, w in enumerate(itos)}
+    renumber = np.fromiter((stoi[w] for w in first_seen), dtype=np.int64, count=len(first_seen))
+    return itos, stoi, torch.from_numpy(renumber[ids])
+
+
+def _encode(path: Path, stoi: dict[str, int], unk: int) -> torch.Tensor:
     get = stoi.get
-    arr = np.fromiter((get(w, unk) for w in words), dtype=np.int64)
-    return torch.from_numpy(arr)
+    return torch.from_numpy(np.fromiter((get(w, unk) for w in _words(path)), dtype=np.int64))
+
+
+def _context_stride(cfg: dict) -> tuple[int, int]:
+    context = as_pos_int(cfg.get("context", 64), "context")
+    return context, as_pos_int(cfg.get("stride", context), "stride")
 
 
 def _windows_or_error(tokens: torch.Tensor, context: int, stride: int, what: str) -> LMWindows:
@@ -45,14 +65,8 @@ def _windows_or_error(tokens: torch.Tensor, context: int, stride: int, what: str
 
 def build_wikitext(cfg: dict, seed: int) -> DataBundle:
     """Word-level LM data; vocabulary from the train split, unknown words -> ``<unk>``."""
-    path = cfg.get("path")
-    if path is None:
-        raise ValueError("dataset 'wikitext' needs 'path': the folder with wiki.{train,valid,test}.tokens")
-    root = Path(str(path)).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"wikitext: data.path {str(root)!r} is not a folder")
-    context = as_pos_int(cfg.get("context", 64), "context")
-    stride = as_pos_int(cfg.get("stride", context), "stride")
+    root = data_path(cfg, "the folder with wiki.{train,valid,test}.tokens")
+    context, stride = _context_stride(cfg)
     eval_split = cfg.get("eval_split", "valid")
     if eval_split not in ("valid", "test"):
         raise ValueError(f"data option 'eval_split' must be 'valid' or 'test', got {eval_split!r}")
@@ -67,14 +81,9 @@ def build_wikitext(cfg: dict, seed: int) -> DataBundle:
         )
 
     train_file, eval_file = find("train"), find(eval_split)
-    counts = Counter(_words(train_file))
-    specials = [EOS, UNK]
-    rest = sorted((w for w in counts if w not in specials), key=lambda w: (-counts[w], w))
-    itos = specials + rest
-    stoi = {w: i for i, w in enumerate(itos)}
+    itos, stoi, train_tokens = _vocab_and_tokens(train_file)
     unk = stoi[UNK]
-    train_tokens = _encode(_words(train_file), stoi, unk)
-    eval_tokens = _encode(_words(eval_file), stoi, unk)
+    eval_tokens = _encode(eval_file, stoi, unk)
     return DataBundle(
         train=_windows_or_error(train_tokens, context, stride, str(train_file)),
         val=_windows_or_error(eval_tokens, context, context, str(eval_file)),
@@ -92,24 +101,19 @@ def build_wikitext(cfg: dict, seed: int) -> DataBundle:
 
 def build_chars(cfg: dict, seed: int) -> DataBundle:
     """Character-level LM over one UTF-8 file; the last ``val_fraction`` of it is validation."""
-    path = cfg.get("path")
-    if path is None:
-        raise ValueError("dataset 'chars' needs 'path': a UTF-8 text file")
-    f = Path(str(path)).expanduser()
-    if not f.is_file():
-        raise FileNotFoundError(f"chars: data.path {str(f)!r} is not a file; point it at a UTF-8 text file")
-    context = as_pos_int(cfg.get("context", 64), "context")
-    stride = as_pos_int(cfg.get("stride", context), "stride")
+    f = data_path(cfg, "a UTF-8 text file", file=True, hint="; point it at a UTF-8 text file")
+    context, stride = _context_stride(cfg)
     val_fraction = as_fraction(cfg.get("val_fraction", 0.1), "val_fraction")
     try:
         text = f.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"chars: {str(f)!r} is not valid UTF-8 ({e})") from e
-    itos = sorted(set(text))
-    if not itos:
+    if not text:
         raise ValueError(f"chars: {str(f)!r} is empty")
-    stoi = {c: i for i, c in enumerate(itos)}
-    tokens = torch.from_numpy(np.fromiter((stoi[c] for c in text), dtype=np.int64, count=len(text)))
+    # code points in one vectorised step; np.unique sorts them, i.e. the vocabulary is sorted(set(text))
+    codes, tokens_np = np.unique(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32), return_inverse=True)
+    itos = [chr(c) for c in codes.tolist()]
+    tokens = torch.from_numpy(tokens_np.reshape(-1).astype(np.int64))
     n_val = int(len(tokens) * val_fraction)
     train_tokens, val_tokens = tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val :]
     return DataBundle(

@@ -16,20 +16,20 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from acdc.measure.flops import PRUNABLE_TYPES
+from acdc.targets import PRUNABLE_TYPES, prunable_parameters
 
 __all__ = ["mask_difference", "layer_density", "zero_fraction", "prunable_weights", "MaskTracker"]
 
 
 def prunable_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``{param_name: weight}`` of every Conv1d/2d/3d and Linear layer (each tied tensor once)."""
-    out: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for name, mod in model.named_modules():
-        if isinstance(mod, PRUNABLE_TYPES) and id(mod.weight) not in seen:
-            seen.add(id(mod.weight))
-            out[f"{name}.weight" if name else "weight"] = mod.weight
-    return out
+    """``{param_name: weight}`` of every Conv1d/2d/3d and Linear layer ({} when there is none).
+
+    The default set of :func:`acdc.targets.prunable_parameters`, so the names are the training methods' mask
+    keys (a tied tensor appears once, under its first parameter name).
+    """
+    if not any(isinstance(m, PRUNABLE_TYPES) for m in model.modules()):
+        return {}
+    return dict(prunable_parameters(model))
 
 
 def _as_weights(x: Mapping[str, torch.Tensor] | nn.Module) -> Mapping[str, torch.Tensor]:

@@ -34,6 +34,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from acdc.targets import PRUNABLE_TYPES
+
 __all__ = [
     "PRUNABLE_TYPES",
     "inference_flops",
@@ -46,7 +48,6 @@ __all__ = [
     "expand_timeline",
 ]
 
-PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _NORM_TYPES = (
     nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm,
     nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..schedule import SPARSE, Schedule
-from ..sparsify import mask_optimizer_state, reset_optimizer_state
+from ..sparsify import reset_optimizer_state
 from ..targets import Target
 from .base import SparseMethod
 
@@ -59,8 +59,7 @@ class ACDC(SparseMethod):
     @torch.no_grad()
     def _compress(self) -> None:
         masks = self.target.compute(self.masked.weights(), self.sparsity_target)
-        self.masked.set_masks(masks, apply=True)
-        mask_optimizer_state(self.optimizer, self.masked.params, masks)
+        self._install_masks(masks)
         self.compressions += 1
         self._emit("compress", masks=masks, compression=self.compressions)
 
@@ -93,10 +92,11 @@ class ACDC(SparseMethod):
         return sd
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "schedule" in state and Schedule.from_phases(state["schedule"]["phases"]) != self.schedule:
-            raise ValueError("ACDC.load_state_dict: the checkpoint was made with a different schedule "
-                             f"({Schedule.from_phases(state['schedule']['phases']).describe()}); rebuild the "
-                             "controller with that schedule")
+        if "schedule" in state:
+            saved = Schedule.from_phases(state["schedule"]["phases"])
+            if saved != self.schedule:
+                raise ValueError("ACDC.load_state_dict: the checkpoint was made with a different schedule "
+                                 f"({saved.describe()}); rebuild the controller with that schedule")
         super().load_state_dict(state)
         self._phase_idx = int(state["phase_index"])
         self.compressions = int(state.get("compressions", 0))

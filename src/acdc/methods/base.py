@@ -11,14 +11,14 @@ optimizer state in place) lives in :mod:`acdc.sparsify`. Use in any plain traini
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..masks import check_sparsity
-from ..sparsify import MaskedParams, OptimizerHooks, optimizer_keeps_zeros
+from ..sparsify import MaskedParams, OptimizerHooks, mask_optimizer_state, optimizer_keeps_zeros
 from ..targets import Target, prunable_parameters
 
 Listener = Callable[[str, dict], None]
@@ -84,6 +84,15 @@ class SparseMethod:
     def remove_hooks(self) -> None:
         """Detach from the optimizer (masks stay applied to the weights)."""
         self._hooks.remove()
+
+    # ------------------------------------------------------------------ masks
+    @torch.no_grad()
+    def _install_masks(self, masks: Mapping[str, torch.Tensor],
+                       state_masks: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Install ``masks`` (zeroing the pruned weights) and zero the optimizer state outside ``state_masks``
+        (default: ``masks``), so neither stale weights nor stale momentum survive a mask change."""
+        self.masked.set_masks(masks, apply=True)
+        mask_optimizer_state(self.optimizer, self.masked.params, masks if state_masks is None else state_masks)
 
     # ------------------------------------------------------------------ time
     @property

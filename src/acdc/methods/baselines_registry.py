@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..targets import prunable_parameters
 from .gmp import GMP
 from .oneshot import OneShot
 from .registry import _check_keys, register
@@ -81,8 +82,6 @@ def _str(model, optimizer, *, steps_per_epoch, epochs, sparsity, s_init=-5.0, th
         if not isinstance(optimizer, torch.optim.SGD):
             raise ValueError("str: threshold_decay='auto' assumes SGD; give a number for "
                              f"{type(optimizer).__name__} (e.g. threshold_decay: 1e-4)")
-        from ..targets import prunable_parameters
-
         params = prunable_parameters(model, opts.get("include"), opts.get("exclude"))
         g = optimizer.param_groups[0]
         s_init, threshold_decay = str_threshold_decay(

@@ -9,7 +9,7 @@
 - ``global``: the per-layer sparsities a global magnitude top-k of the current weights would give.
 
 Per-layer counts follow :func:`acdc.masks.pruned_count`: a layer of ``n`` weights at sparsity ``s`` prunes
-``round(s * n)``.
+``round(s * n)`` and keeps :func:`acdc.masks.keep_count` (re-exported here).
 """
 
 from __future__ import annotations
@@ -18,17 +18,12 @@ from collections.abc import Mapping
 
 import torch
 
-from ..masks import check_sparsity, global_magnitude, pruned_count, topk_mask
+from ..masks import check_sparsity, global_magnitude, keep_count, topk_mask
 
 __all__ = ["DISTRIBUTIONS", "layer_sparsities", "uniform", "erk", "global_", "keep_count", "topk_within",
            "random_masks"]
 
 DISTRIBUTIONS = ("erk", "uniform", "global")
-
-
-def keep_count(n: int, sparsity: float) -> int:
-    """Weights kept out of ``n`` at ``sparsity`` (``n - round(sparsity * n)``)."""
-    return n - pruned_count(n, sparsity)
 
 
 def uniform(params: Mapping[str, torch.Tensor], sparsity: float) -> dict[str, float]:

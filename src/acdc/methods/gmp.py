@@ -8,11 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..masks import check_sparsity, pruned_count
-from ..sparsify import mask_optimizer_state
+from ..masks import check_sparsity, keep_count
 from ..targets import Target
 from .base import SparseMethod
-from .distributions import keep_count, topk_within
+from .distributions import topk_within
 
 
 class GMP(SparseMethod):
@@ -83,10 +82,8 @@ class GMP(SparseMethod):
             for n, t in w.items():
                 masks.update(topk_within({n: t}, None if old is None else {n: old[n]}, keep_count(t.numel(), s)))
         else:
-            total = self.masked.numel()
-            masks = topk_within(w, old, total - pruned_count(total, s))
-        self.masked.set_masks(masks, apply=True)
-        mask_optimizer_state(self.optimizer, self.masked.params, masks)
+            masks = topk_within(w, old, keep_count(self.masked.numel(), s))
+        self._install_masks(masks)
         self._emit("update", sparsity=s, masks=masks)
 
     def _on_step(self) -> None:

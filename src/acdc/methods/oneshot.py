@@ -7,7 +7,6 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..sparsify import mask_optimizer_state
 from ..targets import Target
 from .base import SparseMethod
 
@@ -35,8 +34,6 @@ class OneShot(SparseMethod):
     ) -> None:
         super().__init__(model, optimizer, sparsity=sparsity, steps_per_epoch=steps_per_epoch, target=target,
                          include=include, exclude=exclude, mask_weights=mask_weights, auto_step=auto_step)
-        with torch.no_grad():
-            masks = self.target.compute(self.masked.weights(), self.sparsity_target)
-            self.masked.set_masks(masks, apply=True)
-            mask_optimizer_state(self.optimizer, self.masked.params, masks)
+        masks = self.target.compute(self.masked.weights(), self.sparsity_target)
+        self._install_masks(masks)
         self._emit("compress", masks=masks)

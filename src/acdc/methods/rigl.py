@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..sparsify import mask_optimizer_state
+from ..masks import topk_mask
 from .base import SparseMethod
 from .distributions import DISTRIBUTIONS, keep_count, layer_sparsities, random_masks, topk_within
 
@@ -73,16 +73,12 @@ class DropGrow(SparseMethod):
         self.generator = torch.Generator().manual_seed(int(seed))
         self.layer_sparsity_target = layer_sparsities(distribution, self.masked.params, self.sparsity_target,
                                                       erk_power_scale)
-        with torch.no_grad():
-            if init == "random":
-                masks = random_masks(self.masked.params, self.layer_sparsity_target, self.generator)
-            else:
-                w = self.masked.weights()
-                masks = {}
-                for n, t in w.items():
-                    masks.update(topk_within({n: t}, None, keep_count(t.numel(), self.layer_sparsity_target[n])))
-            self.masked.set_masks(masks, apply=True)
-            mask_optimizer_state(self.optimizer, self.masked.params, masks)
+        if init == "random":
+            masks = random_masks(self.masked.params, self.layer_sparsity_target, self.generator)
+        else:
+            masks = {n: topk_mask({n: t}, keep_count(t.numel(), self.layer_sparsity_target[n]))[n]
+                     for n, t in self.masked.weights().items()}
+        self._install_masks(masks)
         self._grads: dict[str, torch.Tensor] | None = None
         self._emit("compress", masks=masks)
 
@@ -97,7 +93,7 @@ class DropGrow(SparseMethod):
 
     # ------------------------------------------------------------------ hooks
     def _pre_step(self) -> None:
-        if self.is_update_step(self.steps + 1) and self._needs_grads:
+        if self._needs_grads and self.is_update_step(self.steps + 1):
             self._grads = {n: p.grad.detach().abs() if p.grad is not None else torch.zeros_like(p)
                            for n, p in self.masked.params.items()}  # abs() copies: read before masking
         super()._pre_step()
@@ -129,8 +125,7 @@ class DropGrow(SparseMethod):
             grown += int((new[n] & ~m).sum())
         self._grads = None
         # a newly grown position had weight 0 and (being pruned) zero state; zero it again to be explicit
-        self.masked.set_masks(new, apply=True)
-        mask_optimizer_state(self.optimizer, self.masked.params, {n: new[n] & old[n] for n in new})
+        self._install_masks(new, {n: new[n] & old[n] for n in new})
         self._emit("update", drop_fraction=frac, dropped=dropped, grown=grown, masks=new)
 
     # ------------------------------------------------------------------ state

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..masks import global_magnitude
-from ..sparsify import mask_optimizer_state
+from ..sparsify import layer_zero_fractions, zero_fraction
 from .base import SparseMethod
 
 
@@ -137,11 +137,10 @@ class STR(SparseMethod):
         return "sparse"
 
     def sparsity(self) -> float:
-        w = self.effective_weights()
-        return sum(int((t == 0).sum()) for t in w.values()) / max(1, sum(t.numel() for t in w.values()))
+        return zero_fraction(self.effective_weights())
 
     def layer_sparsity(self) -> dict[str, float]:
-        return {n: float((t == 0).sum()) / t.numel() for n, t in self.effective_weights().items()}
+        return layer_zero_fractions(self.effective_weights())
 
     def threshold_values(self) -> dict[str, float]:
         """sigmoid(s) per layer: the magnitude below which weights are zero."""
@@ -155,9 +154,8 @@ class STR(SparseMethod):
         for mod, attr in self._sites.values():
             parametrize.remove_parametrizations(mod, attr, leave_parametrized=True)
         self.finalized = True
-        masks = {n: p.detach() != 0 for n, p in self.masked.params.items()}
-        self.masked.set_masks(masks, apply=True)
-        mask_optimizer_state(self.optimizer, self.masked.params, masks)  # w kept momentum while w_eff was 0
+        # w kept its momentum while w_eff was 0: _install_masks zeroes that state for the pruned entries
+        self._install_masks({n: p.detach() != 0 for n, p in self.masked.params.items()})
         self._emit("finalize", sparsity=self.sparsity())
 
     def state_dict(self) -> dict[str, Any]:

@@ -62,7 +62,7 @@ class TopKAST(SparseMethod):
         self.update_every, self.l2 = update_every, float(l2)
         self.stash = {n: torch.zeros_like(p) for n, p in self.masked.params.items()}
         self.bmasks: dict[str, torch.Tensor] = {}
-        self._refresh(first=True)
+        self._refresh()
 
     @torch.no_grad()
     def _theta(self) -> dict[str, torch.Tensor]:
@@ -73,22 +73,26 @@ class TopKAST(SparseMethod):
         return {n: torch.where(a[n], p.detach(), self.stash[n]) for n, p in self.masked.params.items()}
 
     @torch.no_grad()
-    def _refresh(self, first: bool = False) -> None:
+    def _refresh(self) -> None:
         theta = self._theta()
         fwd = self.target.compute(theta, self.sparsity_target)
         bwd = self.target.compute(theta, self.backward_sparsity)
         bwd = {n: bwd[n] | fwd[n] for n in bwd}  # nested already (same ranking and tie-break); made explicit
-        if not first:  # zero the state of positions leaving or entering B
-            mask_optimizer_state(self.optimizer, self.masked.params, {n: bwd[n] & self.bmasks[n] for n in bwd})
-        else:
-            mask_optimizer_state(self.optimizer, self.masked.params, bwd)
+        prev = self.bmasks  # empty at the first refresh
+        # zero the state outside B and, after the first refresh, of positions entering B
+        mask_optimizer_state(self.optimizer, self.masked.params, {n: bwd[n] & prev[n] for n in bwd} if prev else bwd)
         self.bmasks = bwd
-        self._fb = {n: m.to(self.masked.params[n].dtype) for n, m in bwd.items()}
         for n, p in self.masked.params.items():
             self.stash[n].copy_(theta[n].masked_fill(fwd[n], 0))
             p.copy_(theta[n].masked_fill(~fwd[n], 0))
         self.masked.set_masks(fwd, apply=False)
+        self._cache_step_masks()
         self._emit("update", masks=fwd, backward_masks=bwd)
+
+    def _cache_step_masks(self) -> None:
+        """Derive, once per mask change, what the step hooks use: B as float multipliers and ¬A."""
+        self._fb = {n: m.to(self.masked.params[n].dtype) for n, m in self.bmasks.items()}
+        self._outside_a = {n: ~m for n, m in self.masked.masks.items()}
 
     @property
     def backward_masks(self) -> dict[str, torch.Tensor]:
@@ -132,7 +136,7 @@ class TopKAST(SparseMethod):
         for n, p in self.masked.params.items():
             p.copy_(torch.where(self.bmasks[n], p, self.stash[n]))  # outside B: unchanged
             self.stash[n].copy_(p.masked_fill(a[n], 0))
-            p.masked_fill_(~a[n], 0)
+            p.masked_fill_(self._outside_a[n], 0)
         if self.auto_step:
             self.step()
 
@@ -155,4 +159,4 @@ class TopKAST(SparseMethod):
                 self.stash[n].copy_(t)
         self.bmasks = {n: m.to(device=self.masked.params[n].device, dtype=torch.bool)
                        for n, m in state["backward_masks"].items()}
-        self._fb = {n: m.to(self.masked.params[n].dtype) for n, m in self.bmasks.items()}
+        self._cache_step_masks()

@@ -62,6 +62,8 @@ def build(name: str, num_classes: int, **kwargs) -> nn.Module:
     """
     if not isinstance(name, str):
         raise TypeError(f"model name must be a string, got {type(name).__name__}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if name.startswith(TORCHVISION_PREFIX):
         return torchvision_model(name[len(TORCHVISION_PREFIX):], num_classes, **kwargs)
     try:
@@ -71,8 +73,6 @@ def build(name: str, num_classes: int, **kwargs) -> nn.Module:
         raise ValueError(
             f"unknown model {name!r}; known models: {known} (or 'torchvision:<name>')"
         ) from None
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     try:
         return factory(num_classes, **kwargs)
     except TypeError as e:

@@ -20,10 +20,8 @@ class WideBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.dropout = dropout
-        self.equal = in_planes == planes and stride == 1
-        self.shortcut = (
-            None if self.equal else nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
-        )
+        same_shape = in_planes == planes and stride == 1
+        self.shortcut = None if same_shape else nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         o = F.relu(self.bn1(x))

@@ -111,6 +111,11 @@ def _xy(run: RunData, key: str) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
+def _runs_with(runs: Sequence[RunData], key: str) -> list[tuple[int, RunData]]:
+    """``(index, run)`` of the runs with at least one numeric ``key`` in their metrics (index = colour)."""
+    return [(i, r) for i, r in enumerate(runs) if _xy(r, key)[0]]
+
+
 def _epoch_axis(ax: Any, runs: Sequence[RunData]) -> None:
     from matplotlib.ticker import MaxNLocator
 
@@ -189,7 +194,7 @@ def _phase_ends(run: RunData, phase: str) -> tuple[list[float], list[float]]:
 
 def plot_inference_flops(runs: Sequence[RunData], path: str | Path) -> Path | None:
     """Inference FLOPs relative to dense: per epoch, at the end of each sparse phase (6a), of each dense phase (6b)."""
-    runs_f = [(i, r) for i, r in enumerate(runs) if _xy(r, "inference_flops_rel")[0]]
+    runs_f = _runs_with(runs, "inference_flops_rel")
     if not runs_f:
         return None
     fig, axes = _figure(w=13, h=4.0, ncols=3)
@@ -223,14 +228,13 @@ def plot_inference_flops(runs: Sequence[RunData], path: str | Path) -> Path | No
 
 def plot_training_flops(runs: Sequence[RunData], path: str | Path) -> Path | None:
     """Cumulative training FLOPs as a fraction of a full dense run's budget; dense training is the diagonal."""
-    runs_f = [(i, r) for i, r in enumerate(runs) if _xy(r, "train_flops_cum_rel")[0]]
+    runs_f = _runs_with(runs, "train_flops_cum_rel")
     if not runs_f:
         return None
     fig, (ax,) = _figure()
     shade_phases(ax, [r for _, r in runs_f])
-    for n in sorted({r.planned_epochs() for _, r in runs_f}):
-        ax.plot([0, n], [0, 100], "--", color="0.35", lw=1,
-                label="dense baseline (diagonal)" if n == min(r.planned_epochs() for _, r in runs_f) else None)
+    for k, n in enumerate(sorted({r.planned_epochs() for _, r in runs_f})):
+        ax.plot([0, n], [0, 100], "--", color="0.35", lw=1, label="dense baseline (diagonal)" if k == 0 else None)
     for i, r in runs_f:
         xs, ys = _xy(r, "train_flops_cum_rel")
         ax.plot([0.0, *xs], [0.0, *(100 * y for y in ys)], "-o", ms=3, color=color(i),
@@ -290,7 +294,7 @@ def plot_layer_density(runs: Sequence[RunData], path: str | Path) -> Path | None
 
 def plot_memorization(runs: Sequence[RunData], path: str | Path) -> Path | None:
     """Accuracy on the corrupted training samples w.r.t. their true and their corrupted labels (Fig. 2b, 8, 9)."""
-    runs_m = [(i, r) for i, r in enumerate(runs) if _xy(r, "mem_acc_true")[0]]
+    runs_m = _runs_with(runs, "mem_acc_true")
     if not runs_m:
         return None
     fig, (ax,) = _figure()

@@ -369,6 +369,7 @@ def build_report(
 
     rows = summary_rows(runs)
     sh, sb = _summary_table(rows)
+    ah, ab = agreement_rows(entries)
     notes = _notes(runs)
     title = "AC/DC report: " + ", ".join(r.name for r in runs)
     md = [f"# {title}", "", "Runs: " + ", ".join(f"`{r.path}`" for r in runs), "", "## Summary", "",
@@ -378,7 +379,6 @@ def build_report(
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     if entries:
-        ah, ab = agreement_rows(entries)
         md += ["## Sparse / dense agreement", "", _md_table(ah, ab), "",
                "CE is the mean cross-entropy H(p_A, p_B) of B's output distribution against A's (equals A's "
                "entropy when B = A).", ""]
@@ -393,7 +393,6 @@ def build_report(
     if notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
     if entries:
-        ah, ab = agreement_rows(entries)
         parts += ["<h2>Sparse / dense agreement</h2>", _html_table(ah, ab)]
     for fname, t, cap in figures:
         b64 = base64.b64encode((out / fname).read_bytes()).decode()

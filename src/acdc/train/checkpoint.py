@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 from torch import nn
 
@@ -66,6 +65,24 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def link_or_copy(src: str | Path, dst: str | Path) -> None:
+    """Make ``dst`` hold ``src``'s bytes atomically: a hard link when the filesystem allows, else a copy.
+
+    Every writer replaces files (temp + rename), never edits them in place, so a link cannot be changed
+    through the other name.
+    """
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        atomic_write_bytes(dst, src.read_bytes())
+        return
+    os.replace(tmp, dst)
+    _fsync_dir(dst.parent)
+
+
 def _plain_tensors(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # safetensors refuses shared storage (tied weights): store an independent contiguous copy per key
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
@@ -81,21 +98,29 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     atomic_write_bytes(path, st_save(plain, metadata=meta))
 
 
-def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Load a safetensors file written by :func:`save_tensors`; corrupt files raise :class:`CheckpointError`."""
+def _read(path: str | Path, tensors: bool) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """One pass over a safetensors file: its metadata and (if ``tensors``) every tensor."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
-    data = path.read_bytes()
     try:
-        tensors = st_load(data)
-        from safetensors import safe_open  # metadata lives in the header
-
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
+            out = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except (SafetensorError, ValueError, RuntimeError, OSError) as e:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({e}); delete it and re-run, or point to "
                               "an intact checkpoint") from None
+    return out, meta
+
+
+def load_metadata(path: str | Path) -> dict[str, str]:
+    """The header metadata of a safetensors file, without reading its tensors."""
+    return _read(path, tensors=False)[1]
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load a safetensors file written by :func:`save_tensors`; corrupt files raise :class:`CheckpointError`."""
+    tensors, meta = _read(path, tensors=True)
     bool_keys = set(json.loads(meta.get("bool_keys", "[]")))
     for k in bool_keys & set(tensors):
         tensors[k] = tensors[k].bool()

@@ -35,7 +35,7 @@ from ..measure.dynamics import MaskTracker
 from ..measure.flops import inference_flops
 from ..methods import build_method
 from ..methods.base import SparseMethod
-from .checkpoint import atomic_write_text, load_model, load_run_state, save_model, save_run_state
+from .checkpoint import atomic_write_text, link_or_copy, load_model, load_run_state, save_model, save_run_state
 from .recipe import Recipe, dump_recipe
 
 try:  # progress bars are optional at import time
@@ -218,7 +218,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if r.amp == "fp16" else None
         self.tracker = MaskTracker()  # AC/DC-style compressions
         self.update_tracker = MaskTracker()  # in-phase mask updates (GMP, RigL, SET, Top-KAST)
+        if self.method.masks is not None:  # masks the method set up at construction: baseline for updates
+            self.update_tracker.on_compress(self.start_epoch, self.method.masks)
         self._pending: dict[str, Any] = {}
+        self._last_eval: tuple[dict[str, float], float | None] | None = None  # end-of-epoch (val, flops)
         self.method.add_listener(self._on_event)
         self.state: dict[str, Any] = {"epoch": self.start_epoch, "best_dense": None, "elapsed": 0.0,
                                       "train_flops_cum": 0.0}
@@ -235,11 +238,11 @@ class Trainer:
         return torch.zeros(shape, dtype=dtype, device=self.device)
 
     def _on_event(self, event: str, info: dict) -> None:
+        self._last_eval = None  # the model changed after the last validation
         if event == "compress":
             rec = self.tracker.on_compress(info["epoch"], info["masks"])
             self._pending.setdefault("compressions", []).append(
                 {k: rec[k] for k in ("compression", "epoch", "mask_diff", "mask_diff_per_layer") if k in rec})
-            self.update_tracker.on_compress(info["epoch"], info["masks"])  # baseline for later updates
         elif event == "update" and info.get("masks") is not None:
             rec = self.update_tracker.on_compress(info["epoch"], info["masks"])
             self._pending.setdefault("mask_updates", []).append(
@@ -282,7 +285,10 @@ class Trainer:
         r = self.recipe
         self.model.train()
         self.train_gen.manual_seed(r.seed * 1_000_003 + epoch)
-        tot_loss, tot_correct, tot_n, micro = 0.0, 0, 0, 0
+        # running sums stay on the device: no host synchronisation per step
+        tot_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        tot_correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        tot_n, micro = 0, 0
         bar = None
         if self.progress and tqdm is not None:
             bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{r.epochs} [{self.method.phase}]",
@@ -298,8 +304,8 @@ class Trainer:
             loss, correct, n = _loss_and_correct(out, y, self.task, r.label_smoothing)
             scaled = loss / r.grad_accum
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            tot_loss += float(loss.detach()) * n
-            tot_correct += int(correct)
+            tot_loss += loss.detach().double() * n
+            tot_correct += correct
             tot_n += n
             micro += 1
             if micro % r.grad_accum:
@@ -321,12 +327,13 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
                 if step_in_epoch % 10 == 0:
-                    bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}")
+                    bar.set_postfix(loss=f"{float(tot_loss) / tot_n:.3f}")
         if bar is not None:
             bar.close()
-        if not math.isfinite(tot_loss):
-            raise FloatingPointError(f"training loss became {tot_loss} in epoch {epoch}; lower optimizer.lr")
-        return {"loss": tot_loss / max(1, tot_n), "acc": tot_correct / max(1, tot_n)}
+        loss_sum = float(tot_loss)
+        if not math.isfinite(loss_sum):
+            raise FloatingPointError(f"training loss became {loss_sum} in epoch {epoch}; lower optimizer.lr")
+        return {"loss": loss_sum / max(1, tot_n), "acc": int(tot_correct) / max(1, tot_n)}
 
     # -------------------------------------------------------------- main
     def run(self) -> TrainResult:
@@ -358,6 +365,7 @@ class Trainer:
                 rec["val_ppl"] = val["ppl"]
             rec["sparsity"] = self.method.sparsity()
             rec["layer_sparsity"] = self.method.layer_sparsity()
+            f = None
             if r.measure_flops:
                 f = float(inference_flops(self.model, self.example))
                 per_sample = getattr(self.method, "training_flops_per_sample", None)
@@ -381,6 +389,7 @@ class Trainer:
                                                 "val_loss": val["loss"]}
                     save_model(self.out_dir / "dense.safetensors", self.model,
                                {"epoch": epoch, "val_acc": val["acc"], "val_loss": val["loss"], "phase": phase})
+            self._last_eval = (val, f)  # reused by _finish unless a mask event changes the model first
             # the epoch's last method step: may compress / decompress
             self.method.step()
             if phase == "dense" and self.method.phase == "sparse":
@@ -404,11 +413,18 @@ class Trainer:
         finalize = getattr(self.method, "finalize", None)
         if callable(finalize):
             finalize()
-        val = evaluate(self.model, self.val_loader, self.task, self.device, r.eval_max_batches, self._amp_ctx)
+            self._last_eval = None
+        val, f = self._last_eval or (None, None)
+        if val is None:  # the model changed since the last epoch's validation (or the run was already complete)
+            val = evaluate(self.model, self.val_loader, self.task, self.device, r.eval_max_batches, self._amp_ctx)
+        if f is None and r.measure_flops:
+            f = float(inference_flops(self.model, self.example))
         final_sparsity = self.method.sparsity()
         meta = {"epoch": r.epochs - 1, "val_acc": val["acc"], "val_loss": val["loss"], "sparsity": final_sparsity,
                 "method": r.method_name}
         save_model(self.out_dir / "final.safetensors", self.model, meta)
+        if r.method_name != "dense":  # the final model is the sparse model: same bytes, no second write
+            link_or_copy(self.out_dir / "final.safetensors", self.out_dir / "sparse.safetensors")
         summary: dict[str, Any] = {
             "name": r.name, "method": r.method_name, "target_sparsity": r.sparsity, "epochs": r.epochs,
             "final": {"val_acc": val["acc"], "val_loss": val["loss"], "sparsity": final_sparsity},
@@ -417,8 +433,7 @@ class Trainer:
         }
         if self.task == "lm":
             summary["final"]["val_ppl"] = math.exp(min(val["loss"], 50.0))
-        if self.method.phase == "sparse" or r.method_name != "dense":
-            save_model(self.out_dir / "sparse.safetensors", self.model, meta)
+        if r.method_name != "dense":
             summary["sparse"] = dict(summary["final"])
             summary["files"]["sparse"] = "sparse.safetensors"
         if self.state.get("best_dense"):
@@ -426,7 +441,7 @@ class Trainer:
             summary["files"]["dense"] = "dense.safetensors"
         if r.measure_flops:
             summary["train_flops_rel"] = self.state["train_flops_cum"] / r.epochs
-            summary["inference_flops_rel"] = float(inference_flops(self.model, self.example)) / self.f_dense
+            summary["inference_flops_rel"] = f / self.f_dense
             summary["dense_inference_flops"] = self.f_dense
         atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=2))
         return summary
