@@ -6,4 +6,14 @@ from .schedule import Schedule
 from .targets import Target, prunable_parameters
 
 __version__ = "0.1.0"
-__all__ = ["ACDC", "Schedule", "Target", "masks", "prunable_parameters", "__version__"]
+__all__ = ["ACDC", "Schedule", "Target", "load_compressed", "masks", "prunable_parameters", "save_compressed",
+           "__version__"]
+
+
+def __getattr__(name: str):
+    # the deployment layer sits above the core: import it only when asked for
+    if name in ("load_compressed", "save_compressed"):
+        from .export import compressed
+
+        return getattr(compressed, name)
+    raise AttributeError(f"module 'acdc' has no attribute {name!r}")

@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "acdc.commands.agree",
     "acdc.commands.memorize",
     "acdc.commands.compare",
+    "acdc.commands.export",
 ]
 
 

@@ -430,6 +430,9 @@ class Trainer:
             "final": {"val_acc": val["acc"], "val_loss": val["loss"], "sparsity": final_sparsity},
             "files": {"final": "final.safetensors", "metrics": "metrics.jsonl", "last": "last"},
             "wall_time": self.state["elapsed"],
+            # what `acdc export` needs to rebuild the architecture without loading the data
+            "model_io": {"num_classes": self.bundle.num_classes, "input_shape": list(self.bundle.input_shape),
+                         "task": self.task},
         }
         if self.task == "lm":
             summary["final"]["val_ppl"] = math.exp(min(val["loss"], 50.0))

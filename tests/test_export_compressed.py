@@ -1,0 +1,181 @@
+"""Compressed sparse-bitmask checkpoint: fixed bytes, bitwise round trips, tied weights, N:M, bad files."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+import torch
+from _sparse_models import sparse_model
+from safetensors import safe_open
+
+from acdc import load_compressed, save_compressed
+from acdc import masks as M
+from acdc.export.compressed import compress_weight, read_sparsity_config
+from acdc.export.nm import NMPatternError
+from acdc.targets import prunable_parameters
+from acdc.train.checkpoint import CheckpointError, save_model
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """A tensor's raw bytes, for bitwise comparisons (torch.equal treats -0.0 == 0.0 and NaN != NaN)."""
+    return t.detach().contiguous().reshape(-1).view(torch.uint8)
+
+
+def test_fixed_bytes_small_weight():
+    # 3 x 10 weight: row 0 has values at columns 1 and 9, row 1 is empty, row 2 at columns 0 and 8.
+    w = torch.zeros(3, 10)
+    w[0, 1], w[0, 9], w[2, 0], w[2, 8] = 1.5, -2.0, 3.0, 4.0
+    mask = w != 0
+    mask[1, 3] = True  # a kept weight that is exactly zero
+    parts = compress_weight("fc.weight", w, mask)
+    assert sorted(parts) == ["fc.weight.bitmask", "fc.weight.compressed", "fc.weight.mask", "fc.weight.row_offsets",
+                             "fc.weight.shape"]
+    assert parts["fc.weight.shape"].dtype == torch.int64 and parts["fc.weight.shape"].tolist() == [3, 10]
+    assert parts["fc.weight.compressed"].numpy().tobytes() == struct.pack("<4f", 1.5, -2.0, 3.0, 4.0)
+    # little-endian bit order inside each byte, each row padded to ceil(10 / 8) = 2 bytes
+    assert parts["fc.weight.bitmask"].dtype == torch.uint8
+    assert parts["fc.weight.bitmask"].numpy().tobytes() == bytes([0x02, 0x02, 0x00, 0x00, 0x01, 0x01])
+    assert parts["fc.weight.row_offsets"].numpy().tobytes() == struct.pack("<3q", 0, 2, 2)
+    assert parts["fc.weight.mask"].numpy().tobytes() == bytes([0x02, 0x02, 0x08, 0x00, 0x01, 0x01])
+    # no .mask when the true mask is the non-zero pattern
+    assert "fc.weight.mask" not in compress_weight("fc.weight", w, w != 0)
+
+
+def test_round_trip_bitwise_with_kept_zero(tmp_path):
+    model = sparse_model("small_cnn")
+    params = prunable_parameters(model)
+    masks = {n: p != 0 for n, p in params.items()}
+    with torch.no_grad():  # a kept weight that trained to exactly zero, in two layers
+        params["features.0.weight"].view(-1)[int(masks["features.0.weight"].view(-1).nonzero()[0])] = 0.0
+        params["classifier.3.weight"].view(-1)[int(masks["classifier.3.weight"].view(-1).nonzero()[3])] = 0.0
+    path = tmp_path / "m.safetensors"
+    cfg = save_compressed(path, model, masks)
+    with safe_open(str(path), "pt") as f:
+        keys = set(f.keys())
+        meta = f.metadata()
+    assert {"features.0.weight.mask", "classifier.3.weight.mask"} <= keys
+    assert "features.4.weight.mask" not in keys  # true mask == non-zero pattern there
+    assert json.loads(meta["sparsity_config"]) == cfg == read_sparsity_config(path)
+    kept = sum(int(m.sum()) for m in masks.values())
+    total = sum(m.numel() for m in masks.values())
+    assert cfg["global_sparsity"] == pytest.approx(1 - kept / total) and cfg["sparsity_structure"] == "unstructured"
+    assert cfg["targets"] == list(params)
+
+    fresh = sparse_model("small_cnn", seed=7)  # different weights and statistics everywhere
+    got = load_compressed(path, fresh)
+    ref_sd, new_sd = model.state_dict(), fresh.state_dict()
+    assert list(ref_sd) == list(new_sd)
+    for k in ref_sd:
+        assert torch.equal(_bits(ref_sd[k]), _bits(new_sd[k])), k
+    assert list(got) == list(masks)
+    for n in masks:
+        assert got[n].dtype == torch.bool and torch.equal(got[n], masks[n]), n
+
+
+def test_negative_zero_comes_back_as_zero_and_nan_bitwise(tmp_path):
+    lin = torch.nn.Linear(16, 4)
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.weight[0, :4] = torch.tensor([-0.0, 1.0, float("nan"), -3.0])
+    save_compressed(tmp_path / "l.st", lin)
+    other = torch.nn.Linear(16, 4)
+    load_compressed(tmp_path / "l.st", other)
+    assert _bits(other.weight[0, 0:1]).tolist() == [0, 0, 0, 0]  # +0.0
+    assert torch.equal(_bits(other.weight[0, 1:]), _bits(lin.weight[0, 1:]))  # NaN payload and -3.0 bitwise
+
+
+def test_tied_weights_stored_once(tmp_path):
+    model = sparse_model("transformer_lm", target="global")
+    path = tmp_path / "lm.st"
+    save_compressed(path, model)
+    with safe_open(str(path), "pt") as f:
+        keys = set(f.keys())
+    assert "tok_emb.weight.compressed" in keys and "head.weight" not in keys and "tok_emb.weight" not in keys
+    fresh = sparse_model("transformer_lm", seed=3)
+    load_compressed(path, fresh)
+    assert fresh.head.weight is fresh.tok_emb.weight
+    for k, v in model.state_dict().items():
+        assert torch.equal(_bits(v), _bits(fresh.state_dict()[k])), k
+
+
+def test_size_and_gzip(tmp_path):
+    model = sparse_model("mlp", sparsity=0.9)
+    save_model(tmp_path / "dense.st", model)
+    save_compressed(tmp_path / "c.st", model)
+    save_compressed(tmp_path / "c.st.gz", model, gzip=True)
+    dense, comp, gz = ((tmp_path / n).stat().st_size for n in ("dense.st", "c.st", "c.st.gz"))
+    # payload: 4 B per non-zero + one bit per weight (rows padded to bytes) + 8 B per row offset + dense rest
+    weights = prunable_parameters(model)
+    payload = sum(4 * int((p != 0).sum()) + p.shape[0] * (-(-p[0].numel() // 8) + 8) + 8 * p.dim()
+                  for p in weights.values())
+    payload += sum(4 * p.numel() for n, p in model.named_parameters() if n not in weights)
+    header = 4096
+    assert payload < comp < payload + header
+    assert dense > 4 * sum(p.numel() for p in model.parameters()) > 5 * payload and gz < comp
+    fresh = sparse_model("mlp", seed=5)
+    load_compressed(tmp_path / "c.st.gz", fresh)
+    for k, v in model.state_dict().items():
+        assert torch.equal(_bits(v), _bits(fresh.state_dict()[k])), k
+
+
+def test_wrong_architecture_leaves_model_untouched(tmp_path):
+    save_compressed(tmp_path / "cnn.st", sparse_model("small_cnn"))
+    other = sparse_model("mlp")
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(CheckpointError, match="does not match the model") as e:
+        load_compressed(tmp_path / "cnn.st", other)
+    assert "\n" not in str(e.value)
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+    wider = sparse_model("small_cnn")
+    wider.classifier[3] = torch.nn.Linear(128, 11)
+    with pytest.raises(CheckpointError, match="shape mismatch: classifier.3.weight"):
+        load_compressed(tmp_path / "cnn.st", wider)
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.999])
+def test_truncated_file(tmp_path, cut):
+    path = tmp_path / "c.st"
+    model = sparse_model("small_cnn")
+    save_compressed(path, model)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * cut)])
+    fresh = sparse_model("small_cnn", seed=2)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(CheckpointError, match="truncated or corrupt") as e:
+        load_compressed(path, fresh)
+    assert "\n" not in str(e.value)
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+
+
+def test_inconsistent_bitmask_is_rejected(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "c.st"
+    save_compressed(path, sparse_model("mlp"))
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    tensors["net.1.weight.bitmask"][0, 0] ^= 0xFF  # flips 8 bits: counts no longer match the values
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(CheckpointError, match="corrupt.*net.1.weight"):
+        load_compressed(path, sparse_model("mlp"))
+
+
+def test_nm_pattern_validated_and_recorded(tmp_path):
+    model = sparse_model("mlp", sparsity=0.0)
+    with torch.no_grad():
+        for p in prunable_parameters(model).values():
+            if p.shape[1] % 4 == 0:
+                p.mul_(M.n_m(p, 2, 4))
+    cfg = save_compressed(tmp_path / "nm.st", model, structure="2:4")
+    assert cfg["sparsity_structure"] == "2:4" and cfg["ignore"] == []
+    assert read_sparsity_config(tmp_path / "nm.st")["sparsity_structure"] == "2:4"
+    with torch.no_grad():
+        model.net[3].weight[5, 8:12] = torch.tensor([1.0, 2.0, 3.0, 0.0])  # 3 non-zeros in one group of 4
+    with pytest.raises(NMPatternError, match=r"net.3.weight: the 2:4 pattern is violated .* input channels 8-11"):
+        save_compressed(tmp_path / "bad.st", model, structure="2:4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nm.st"]  # nothing partial written
