@@ -1,0 +1,186 @@
+"""Sparse inference on CPU and deployment sizes: dense torch vs ONNX Runtime dense vs ``acdc.deploy`` CSR path.
+
+Run (2-core CPU, a few minutes)::
+
+    .venv/bin/python bench/bench_infer.py                       # everything
+    .venv/bin/python bench/bench_infer.py --only linear,lm --threads 1
+    .venv/bin/python bench/bench_infer.py --only sizes --sparsities 0.8,0.9,0.95,0.98
+
+Workloads (random weights pruned by per-layer magnitude, ``acdc.masks.uniform_magnitude``, at ``--sparsity``):
+
+* ``linear``  : a stack of ``--depth`` 4096x4096 Linear layers (ReLU between) at batch 1 and 64;
+* ``lm``      : the project's Transformer LM in the shape of the WikiText recipe (16 layers, d_model 410, 10 heads,
+  context 128, vocabulary ``--vocab``), token embedding and tied head dense as in the recipe; batch-1 next-token
+  decoding = one forward over a full 128-token window (the model has no KV cache);
+* ``resnet``  : ResNet-20 (32x32) and ResNet-50 (224x224) whole-model times, plus the per-layer-type split from
+  the CPU path's own per-layer timings (3x3 convs always stay dense);
+* ``sizes``   : ResNet-50 file sizes at each of ``--sparsities``: dense safetensors, compressed (bitmask), compressed
+  + gzip, ONNX dense, ONNX with sparse initializers; and the load time of compressed vs dense safetensors.
+
+Every timing is a median over ``--repeats`` calls; the three engines are interleaved call by call, so load on the
+shared machine hits them alike. torch and ONNX Runtime use the same number of intra-op threads (``--threads``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from acdc import masks as M
+from acdc import models
+from acdc.deploy import to_cpu_sparse
+from acdc.export import export_onnx, load_compressed, save_compressed
+from acdc.targets import prunable_parameters
+from acdc.train.checkpoint import load_model, save_model
+
+
+def prune(model: nn.Module, sparsity: float, exclude: list[str] | None = None) -> nn.Module:
+    params = prunable_parameters(model, exclude=exclude)
+    masks = M.uniform_magnitude(params, sparsity)
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(torch.where(masks[n], p, torch.zeros(())))
+    return model.eval()
+
+
+def ort_session(model: nn.Module, x: torch.Tensor, tmp: Path, threads: int):
+    import onnxruntime as ort
+
+    path = tmp / f"m{id(model)}.onnx"
+    export_onnx(model, x, path)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feed = {"input": x.numpy()}
+    return lambda: sess.run(None, feed)
+
+
+def interleaved(fns: dict[str, callable], repeats: int) -> dict[str, float]:
+    """Median seconds per callable, called round-robin after one warm-up each."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    with torch.inference_mode():
+        for f in fns.values():
+            f()
+        for _ in range(repeats):
+            for k, f in fns.items():
+                t0 = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def compare(label: str, model: nn.Module, x: torch.Tensor, tmp: Path, threads: int, repeats: int) -> nn.Module:
+    fast = to_cpu_sparse(model, x, repeats=max(5, repeats // 2))
+    ort = ort_session(model, x, tmp, threads)
+    with torch.inference_mode():
+        ref = model(x)
+        err = float((fast(x) - ref).abs().max())
+        ort_err = float((torch.from_numpy(ort()[0]) - ref).abs().max())
+    t = interleaved({"torch dense": lambda: model(x), "ORT dense": ort, "acdc cpu-sparse": lambda: fast(x)}, repeats)
+    csr = sum(p["chosen"] == "csr" for p in fast.cpu_sparse_plan)
+    print(f"{label}: torch dense {1e3 * t['torch dense']:.2f} ms | ORT dense {1e3 * t['ORT dense']:.2f} ms | "
+          f"cpu-sparse {1e3 * t['acdc cpu-sparse']:.2f} ms -> {t['ORT dense'] / t['acdc cpu-sparse']:.2f}x ORT "
+          f"dense, {t['torch dense'] / t['acdc cpu-sparse']:.2f}x torch dense ({csr}/{len(fast.cpu_sparse_plan)} "
+          f"layers CSR; max |diff| vs torch: cpu-sparse {err:.1e}, ORT {ort_err:.1e})", flush=True)
+    return fast
+
+
+def bench_linear(a, tmp: Path) -> None:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for _ in range(a.depth):
+        layers += [nn.Linear(4096, 4096), nn.ReLU()]
+    model = prune(nn.Sequential(*layers), a.sparsity)
+    for b in (1, 64):
+        compare(f"{a.depth}x Linear 4096x4096 @ {a.sparsity:.0%}, batch {b}", model, torch.randn(b, 4096), tmp,
+                a.threads, a.repeats)
+
+
+def bench_lm(a, tmp: Path) -> None:
+    torch.manual_seed(0)
+    model = models.build("transformer_lm", a.vocab, n_layers=16, n_heads=10, d_model=410, context=128)
+    prune(model, a.sparsity, exclude=["tok_emb.weight"])
+    x = torch.randint(0, a.vocab, (1, 128))
+    compare(f"Transformer LM 16x410 vocab {a.vocab} @ {a.sparsity:.0%} (embedding/head dense), batch-1 next token "
+            "(128-token window)", model, x, tmp, a.threads, a.repeats)
+
+
+def bench_resnet(a, tmp: Path) -> None:
+    for name, shape, batches in (("resnet20", (3, 32, 32), (1, 64)), ("resnet50", (3, 224, 224), (1, 8))):
+        torch.manual_seed(0)
+        model = prune(models.build(name, 10 if name == "resnet20" else 1000), a.sparsity)
+        for b in batches:
+            x = torch.randn(b, *shape)
+            fast = compare(f"{name} @ {a.sparsity:.0%}, batch {b}", model, x, tmp, a.threads,
+                           max(3, a.repeats // 3))
+            by_type: dict[str, list[float]] = {}
+            for p in fast.cpu_sparse_plan:
+                if "dense_ms" in p:
+                    d = by_type.setdefault(p["type"], [0.0, 0.0, 0])
+                    d[0] += p["dense_ms"]
+                    d[1] += p["csr_ms"] if p["chosen"] == "csr" else p["dense_ms"]
+                    d[2] += p["chosen"] == "csr"
+            for kind, (dms, cms, n) in by_type.items():
+                print(f"    {kind:8s}: dense {dms:.2f} ms -> chosen {cms:.2f} ms ({dms / cms:.2f}x, {n} CSR); "
+                      "3x3 convs, BN, pooling: dense (not CSR candidates)", flush=True)
+
+
+def bench_sizes(a, tmp: Path) -> None:
+    print("ResNet-50 (1000 classes) file sizes, MB (ratio to dense safetensors)")
+    print(f"{'sparsity':>8} {'dense st':>9} {'compressed':>16} {'+gzip':>16} {'ONNX dense':>16} {'ONNX sparse':>16}")
+    for s in a.sparsities:
+        torch.manual_seed(0)
+        model = prune(models.build("resnet50", 1000), s)
+        x = torch.randn(1, 3, 224, 224)
+        files = {"dense": tmp / f"d{s}.st", "comp": tmp / f"c{s}.st", "gz": tmp / f"c{s}.st.gz",
+                 "onnx": tmp / f"d{s}.onnx", "onnx_sp": tmp / f"s{s}.onnx"}
+        save_model(files["dense"], model)
+        save_compressed(files["comp"], model)
+        save_compressed(files["gz"], model, gzip=True)
+        export_onnx(model, x, files["onnx"])
+        export_onnx(model, x, files["onnx_sp"], sparse_initializers=True)
+        size = {k: p.stat().st_size for k, p in files.items()}
+        d = size["dense"]
+        cells = [f"{size[k] / 1e6:7.2f} ({d / size[k]:4.2f}x)" for k in ("comp", "gz", "onnx", "onnx_sp")]
+        print(f"{s:8.0%} {d / 1e6:9.2f} " + " ".join(f"{c:>16}" for c in cells), flush=True)
+        if abs(s - 0.9) < 1e-9:
+            target = models.build("resnet50", 1000)
+            dense_f, comp_f = files["dense"], files["comp"]
+            t = interleaved({"dense": lambda m=target, f=dense_f: load_model(f, m),
+                             "compressed": lambda m=target, f=comp_f: load_compressed(f, m)}, a.repeats)
+            print(f"    load at 90%: dense safetensors {1e3 * t['dense']:.1f} ms, compressed "
+                  f"{1e3 * t['compressed']:.1f} ms ({t['compressed'] / t['dense']:.2f}x)", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", default="linear,lm,resnet,sizes")
+    p.add_argument("--sparsity", type=float, default=0.9)
+    p.add_argument("--sparsities", default="0.8,0.9,0.95,0.98")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads for torch and ORT (default 1)")
+    p.add_argument("--repeats", type=int, default=21)
+    p.add_argument("--depth", type=int, default=4, help="Linear layers in the 4096x4096 stack")
+    p.add_argument("--vocab", type=int, default=10000)
+    a = p.parse_args()
+    a.sparsities = [float(s) for s in a.sparsities.split(",")]
+    torch.set_num_threads(a.threads)
+    warnings.filterwarnings("ignore")
+    print(f"torch {torch.__version__}, threads {a.threads}, load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} CPUs, repeats {a.repeats}")
+    with tempfile.TemporaryDirectory() as d:
+        for part in a.only.split(","):
+            {"linear": bench_linear, "lm": bench_lm, "resnet": bench_resnet, "sizes": bench_sizes}[part](a, Path(d))
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
