@@ -37,6 +37,7 @@ from torch import nn
 from acdc import masks as M
 from acdc import models
 from acdc.deploy import to_cpu_sparse
+from acdc.deploy.decode import lm_step
 from acdc.export import export_onnx, load_compressed, save_compressed
 from acdc.targets import prunable_parameters
 from acdc.train.checkpoint import load_model, save_model
@@ -105,13 +106,54 @@ def bench_linear(a, tmp: Path) -> None:
                 a.threads, a.repeats)
 
 
+class _DecodeStep(nn.Module):
+    """One KV-cached decoding step with stacked caches, so ONNX Runtime can run exactly what lm_step does."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor):
+        past = [(past_k[i], past_v[i]) for i in range(len(self.model.blocks))]
+        logits, present = lm_step(self.model, tokens, past)
+        return logits, torch.stack([k for k, _ in present]), torch.stack([v for _, v in present])
+
+
 def bench_lm(a, tmp: Path) -> None:
+    import onnxruntime as ort
+
     torch.manual_seed(0)
     model = models.build("transformer_lm", a.vocab, n_layers=16, n_heads=10, d_model=410, context=128)
     prune(model, a.sparsity, exclude=["tok_emb.weight"])
-    x = torch.randint(0, a.vocab, (1, 128))
-    compare(f"Transformer LM 16x410 vocab {a.vocab} @ {a.sparsity:.0%} (embedding/head dense), batch-1 next token "
-            "(128-token window)", model, x, tmp, a.threads, a.repeats)
+    label = f"Transformer LM 16x410 vocab {a.vocab} @ {a.sparsity:.0%} (embedding/head dense)"
+    compare(f"{label}, full forward of a 128-token window (no cache), batch 1", model,
+            torch.randint(0, a.vocab, (1, 128)), tmp, a.threads, max(3, a.repeats // 3))
+    # batch-1 next-token decoding with a KV cache: token 128 after a 127-token prefix
+    tok = torch.randint(0, a.vocab, (1, 1))
+    with torch.inference_mode():
+        _, past = lm_step(model, torch.randint(0, a.vocab, (1, 127)))
+    pk, pv = torch.stack([k for k, _ in past]), torch.stack([v for _, v in past])
+    fast = to_cpu_sparse(model, tok, repeats=max(5, a.repeats // 2))
+    path = tmp / "step.onnx"
+    with torch.no_grad():
+        torch.onnx.export(_DecodeStep(model).eval(), (tok, pk, pv), str(path), dynamo=False, opset_version=17,
+                          input_names=["tokens", "past_k", "past_v"], output_names=["logits", "k", "v"])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = a.threads, 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feed = {"tokens": tok.numpy(), "past_k": pk.numpy(), "past_v": pv.numpy()}
+    with torch.inference_mode():
+        ref = lm_step(model, tok, past)[0]
+        err = float((lm_step(fast, tok, past)[0] - ref).abs().max())
+        ort_err = float((torch.from_numpy(sess.run(None, feed)[0]) - ref).abs().max())
+    t = interleaved({"torch dense": lambda: lm_step(model, tok, past), "ORT dense": lambda: sess.run(None, feed),
+                     "acdc cpu-sparse": lambda: lm_step(fast, tok, past)}, a.repeats)
+    csr = sum(p["chosen"] == "csr" for p in fast.cpu_sparse_plan)
+    print(f"{label}, batch-1 next-token decoding with KV cache (position 128): torch dense "
+          f"{1e3 * t['torch dense']:.2f} ms | ORT dense {1e3 * t['ORT dense']:.2f} ms | cpu-sparse "
+          f"{1e3 * t['acdc cpu-sparse']:.2f} ms -> {t['ORT dense'] / t['acdc cpu-sparse']:.2f}x ORT dense, "
+          f"{t['torch dense'] / t['acdc cpu-sparse']:.2f}x torch dense ({csr}/{len(fast.cpu_sparse_plan)} layers CSR; "
+          f"max |diff| vs torch: cpu-sparse {err:.1e}, ORT {ort_err:.1e})", flush=True)
 
 
 def bench_resnet(a, tmp: Path) -> None:
