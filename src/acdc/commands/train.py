@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, metavar="NAME",
                    help="train this registry model instead of the recipe's (e.g. resnet20, torchvision:resnet18)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/last")
+    p.add_argument("--compress-checkpoints", action="store_true",
+                   help="write sparse-phase checkpoints as bitmask + non-zeros (~7x smaller at 90%%)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars / per-epoch lines")
     p.set_defaults(func=cmd_train)
 
@@ -37,7 +39,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.insert(0, f"model={{name: '{args.model}'}}")
     recipe = load_recipe(args.recipe, overrides)
     out = Path(args.out) if args.out else Path("runs") / recipe.name
-    res = Trainer(recipe, out, resume=args.resume, progress=not args.no_progress).run()
+    res = Trainer(recipe, out, resume=args.resume, progress=not args.no_progress,
+                  compress_checkpoints=args.compress_checkpoints).run()
     print(json.dumps(res.summary, indent=2))
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,10 +54,14 @@ def _model_io(run_dir: Path, recipe: Recipe) -> dict[str, Any]:
 def _run_masks(run_dir: Path, model: nn.Module) -> dict[str, torch.Tensor] | None:
     """The run's last training masks, if they describe these weights (every pruned weight is zero)."""
     path = run_dir / "last" / "masks.safetensors"
-    if not path.is_file():
-        return None
+    compressed = run_dir / "last" / "model.safetensors"
     try:
-        masks = load_tensors(path)[0]
+        if path.is_file():
+            masks = load_tensors(path)[0]
+        elif compressed.is_file() and is_compressed(compressed):  # `--compress-checkpoints`: masks inside
+            masks = load_compressed(compressed, copy.deepcopy(model))
+        else:
+            return None
     except CheckpointError:
         return None
     sd = model.state_dict()

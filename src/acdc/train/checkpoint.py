@@ -159,7 +159,7 @@ def _torch_bytes(obj: Any) -> bytes:
 
 
 def save_run_state(run_dir: str | Path, *, model: nn.Module, masks: dict[str, torch.Tensor] | None,
-                   state: dict[str, Any], epoch: int) -> Path:
+                   state: dict[str, Any], epoch: int, compress: bool = False) -> Path:
     """Write a complete resumable checkpoint for ``epoch`` and atomically point ``run_dir/last`` at it.
 
     ``state`` holds everything else (optimizer, LR scheduler, method, RNG states, counters) and is saved with
@@ -172,9 +172,9 @@ def save_run_state(run_dir: str | Path, *, model: nn.Module, masks: dict[str, to
     work = Path(tempfile.mkdtemp(prefix=f".epoch-{epoch:05d}.", dir=ckpts))
     os.chmod(work, 0o777 & ~_UMASK)
     try:
-        save_model(work / "model.safetensors", model, {"epoch": epoch})
-        if masks is not None:
-            save_tensors(work / "masks.safetensors", masks)
+        from .weights_io import save_weights  # compressed when `compress` (sparse phases)
+
+        save_weights(work, model, masks, epoch, compress)
         atomic_write_bytes(work / "state.pt", _torch_bytes(state))
         atomic_write_text(work / "meta.json", json.dumps({"epoch": epoch, "complete": True}))
         if final.exists():
@@ -212,8 +212,9 @@ def load_run_state(run_dir: str | Path, model: nn.Module) -> tuple[dict[str, Any
         raise CheckpointError(msg) from None
     if not meta.get("complete"):
         raise CheckpointError(f"checkpoint {last} is incomplete; delete it to start fresh")
-    load_model(last / "model.safetensors", model)
-    masks = load_tensors(last / "masks.safetensors")[0] if (last / "masks.safetensors").exists() else None
+    from .weights_io import load_weights  # plain or compressed
+
+    masks = load_weights(last, model)
     try:
         state = torch.load(io.BytesIO((last / "state.pt").read_bytes()), weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file

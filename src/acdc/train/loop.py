@@ -168,7 +168,8 @@ class Trainer:
     def __init__(self, recipe: Recipe, out_dir: str | Path, *, resume: bool = False, progress: bool | None = None,
                  init_weights: str | Path | None = None, start_epoch: int = 0,
                  bundle: data_mod.DataBundle | None = None,
-                 epoch_hooks: list[Callable[[Trainer, int], dict[str, Any]]] | None = None) -> None:
+                 epoch_hooks: list[Callable[[Trainer, int], dict[str, Any]]] | None = None,
+                 compress_checkpoints: bool = False) -> None:
         self.recipe = recipe
         self.out_dir = Path(out_dir)
         self.resume = resume
@@ -178,6 +179,7 @@ class Trainer:
         self._bundle = bundle
         # called after each epoch's validation (before the phase transition); returned dicts join metrics.jsonl
         self.epoch_hooks = list(epoch_hooks or [])
+        self.compress_checkpoints = compress_checkpoints  # sparse-phase checkpoints as bitmask + non-zeros
 
     # -------------------------------------------------------------- setup (all validation happens here)
     def setup(self) -> None:
@@ -278,7 +280,8 @@ class Trainer:
                  "method": mstate, "scaler": self.scaler.state_dict() if self.scaler else None,
                  "tracker": self.tracker.state_dict(), "update_tracker": self.update_tracker.state_dict(),
                  "run": dict(self.state), "rng": _rng_state()}
-        save_run_state(self.out_dir, model=self.model, masks=masks, state=state, epoch=self.state["epoch"])
+        save_run_state(self.out_dir, model=self.model, masks=masks, state=state, epoch=self.state["epoch"],
+                       compress=self.compress_checkpoints)
 
     # -------------------------------------------------------------- one epoch
     def _train_epoch(self, epoch: int) -> dict[str, float]:
