@@ -42,7 +42,8 @@ def test_run_writes_all_outputs(tmp_path):
     res = Trainer(parse_recipe(tiny_raw()), tmp_path / "run").run()
     d = res.out_dir
     for f in ("sparse.safetensors", "dense.safetensors", "final.safetensors", "metrics.jsonl", "summary.json",
-              "recipe.yaml", "last/model.safetensors", "last/masks.safetensors", "last/state.pt"):
+              "recipe.yaml", "last/model.safetensors", "last/masks.safetensors", "last/state.json",
+              "last/state.safetensors"):
         assert (d / f).is_file(), f
     m = read_metrics(d)
     assert [r["epoch"] for r in m] == list(range(6))
@@ -125,7 +126,7 @@ def test_checkpoint_swap_is_atomic(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise KeyboardInterrupt("killed while writing")
 
-    monkeypatch.setattr(ck, "_torch_bytes", boom)
+    monkeypatch.setattr(ck, "_state_files", boom)
     with pytest.raises(KeyboardInterrupt):
         save_run_state(d, model=tr.model, masks=None, state={}, epoch=99)
     assert os.readlink(d / "last") == before
@@ -144,8 +145,8 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         load_model(p, tr.model)
-    (d / "last" / "state.pt").write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="state.pt"):
+    (d / "last" / "state.json").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="state.json"):
         Trainer(parse_recipe(tiny_raw(epochs=2)), d, resume=True).run()
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         Trainer(parse_recipe(tiny_raw(epochs=2)), tmp_path / "empty", resume=True).run()

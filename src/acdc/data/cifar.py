@@ -2,13 +2,18 @@
 
 Images stay uint8 in memory and are augmented with batched torch ops (see UInt8ImageDataset),
 which keeps data loading a small fraction of the epoch even on 2 CPU cores.
+
+The batches are pickles, so they are read with :class:`SafeUnpickler`: it builds only plain containers, numbers,
+strings and numpy arrays, and refuses every other global (a crafted file cannot run code).
 """
 
 from __future__ import annotations
 
+import _codecs
+import importlib
 import pickle
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -39,6 +44,45 @@ _SPEC = {
 }
 
 
+def _numpy_globals() -> dict[tuple[str, str], Any]:
+    try:  # numpy >= 2 keeps the implementation in numpy._core; pickles may name either path
+        core_mod = importlib.import_module("numpy._core.multiarray")
+        num_mod = importlib.import_module("numpy._core.numeric")
+    except ImportError:  # pragma: no cover - numpy 1.x
+        core_mod = importlib.import_module("numpy.core.multiarray")
+        num_mod = importlib.import_module("numpy.core.numeric")
+    out: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                                       ("_codecs", "encode"): _codecs.encode}  # protocol-2 bytes
+    for core in ("numpy.core", "numpy._core"):
+        out[(f"{core}.multiarray", "_reconstruct")] = core_mod._reconstruct
+        out[(f"{core}.multiarray", "scalar")] = core_mod.scalar
+        out[(f"{core}.numeric", "_frombuffer")] = num_mod._frombuffer
+    return out
+
+
+_ALLOWED = _numpy_globals()
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """An unpickler for data files: only numpy array/dtype/scalar reconstruction and plain containers.
+
+    Any other global (``os.system``, ``builtins.exec``, a class with ``__reduce__``...) raises
+    ``pickle.UnpicklingError`` before it is looked up, so loading a crafted file cannot run code.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load global {module}.{name} (only numpy arrays and plain "
+                                         "containers are allowed in a data file)") from None
+
+
+def safe_load(fh: IO[bytes]) -> Any:
+    """``pickle.load(fh, encoding="bytes")`` restricted to what :class:`SafeUnpickler` allows."""
+    return SafeUnpickler(fh, encoding="bytes").load()
+
+
 def _resolve_dir(path: object, name: str, folder: str, first_file: str) -> Path:
     if path is None:
         raise ValueError(f"dataset {name!r} needs 'path': the extracted '{folder}/' folder")
@@ -61,8 +105,8 @@ def _load_pickle(f: Path, name: str, label_key: bytes) -> tuple[np.ndarray, np.n
         )
     try:
         with open(f, "rb") as fh:
-            d = pickle.load(fh, encoding="bytes")
-    except Exception as e:
+            d = safe_load(fh)
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign pickle raises almost anything
         raise ValueError(f"{name}: cannot unpickle {str(f)!r} ({e}); is it the python version of CIFAR?") from e
     if not isinstance(d, dict) or b"data" not in d or label_key not in d:
         keys = sorted(d) if isinstance(d, dict) else type(d).__name__
@@ -101,13 +145,17 @@ def build_cifar(cfg: dict, seed: int) -> DataBundle:
     info: dict = {"n_train": len(ytr), "n_val": len(yte), "augment": augment, "path": str(root),
                   "mean": mean, "std": std}
     meta = root / spec.meta_file
-    if meta.is_file():
+    if meta.is_file():  # optional (class names only), but a present file must be a valid one
         try:
             with open(meta, "rb") as fh:
-                m = pickle.load(fh, encoding="bytes")
-            info["classes"] = [c.decode() if isinstance(c, bytes) else str(c) for c in m[spec.names_key]]
-        except Exception:  # class names are cosmetic; never fail on them
-            pass
+                m = safe_load(fh)
+        except Exception as e:  # noqa: BLE001 - a truncated or foreign pickle raises almost anything
+            raise ValueError(f"{name}: cannot unpickle {str(meta)!r} ({e}); is it the python version of CIFAR? "
+                             "(delete the file to train without class names)") from None
+        if not isinstance(m, dict) or not isinstance(m.get(spec.names_key), list):
+            raise ValueError(f"{name}: {str(meta)!r} lacks the key {spec.names_key!r} (a list of class names); "
+                             "delete the file to train without class names")
+        info["classes"] = [c.decode(errors="replace") if isinstance(c, bytes) else str(c) for c in m[spec.names_key]]
     return DataBundle(
         train=UInt8ImageDataset(xtr, ytr, mean, std, augment=augment),
         val=UInt8ImageDataset(xte, yte, mean, std, augment=False),

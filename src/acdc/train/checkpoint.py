@@ -4,21 +4,27 @@ Every file is written to a temporary name in the same directory, flushed, fsynce
 kill at any moment leaves either the old file or the new one. The resumable state ``DIR/last`` is a symlink to a
 complete checkpoint directory; a new checkpoint is written in full to a fresh directory and then the symlink is
 swapped atomically (``os.replace``), after which older checkpoint directories are removed.
+
+Nothing here unpickles: the run state (optimizer, LR scheduler, method, RNG states, counters) is split by
+:func:`encode_state` into strict JSON (``state.json``) plus a safetensors file of its tensors
+(``state.safetensors``), so a crafted checkpoint can at worst be rejected, never run code.
 """
 
 from __future__ import annotations
 
-import io
 import json
+import math
 import os
 import shutil
 import tempfile
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
+import numpy as np
 from torch import nn
 
 _UMASK = os.umask(0)
@@ -151,19 +157,99 @@ def load_model(path: str | Path, model: nn.Module, strict: bool = True) -> dict[
     return out
 
 
+# ---------------------------------------------------------------------- pickle-free state codec
+_TAGS = ("__tensor__", "__ndarray__", "__tuple__", "__dict__", "__float__", "__fraction__")
+
+
+def encode_state(obj: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Split a nested state (dicts, lists, tuples, tensors, numpy arrays, scalars) into (JSON value, tensors).
+
+    Tensors are replaced by ``{"__tensor__": key}`` references into the returned mapping; tuples, dicts with
+    non-string keys, non-finite floats and numpy arrays get tagged forms, so :func:`decode_state` rebuilds the
+    exact objects (bitwise for tensors, ``repr``-exact for floats). Anything else raises ``TypeError``.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+
+    def enc(x: Any, path: str) -> Any:
+        if x is None or isinstance(x, (bool, str)):
+            return x
+        if isinstance(x, int):
+            return int(x)
+        if isinstance(x, float):
+            return float(x) if math.isfinite(x) else {"__float__": repr(float(x))}
+        if isinstance(x, torch.Tensor):
+            key = f"t{len(tensors)}"
+            tensors[key] = x
+            return {"__tensor__": key}
+        if isinstance(x, np.ndarray):
+            key = f"t{len(tensors)}"
+            wide = x.astype(np.int64) if x.dtype.kind in "iu" else x
+            tensors[key] = torch.from_numpy(np.ascontiguousarray(wide).copy())
+            return {"__ndarray__": key, "dtype": x.dtype.str}
+        if isinstance(x, np.generic):
+            return enc(x.item(), path)
+        if isinstance(x, Fraction):
+            return {"__fraction__": [x.numerator, x.denominator]}
+        if isinstance(x, tuple):
+            return {"__tuple__": [enc(v, f"{path}[{i}]") for i, v in enumerate(x)]}
+        if isinstance(x, list):
+            return [enc(v, f"{path}[{i}]") for i, v in enumerate(x)]
+        if isinstance(x, dict):
+            if all(isinstance(k, str) and not k.startswith("__") for k in x):
+                return {k: enc(v, f"{path}.{k}") for k, v in x.items()}
+            return {"__dict__": [[enc(k, path), enc(v, f"{path}.{k}")] for k, v in x.items()]}
+        raise TypeError(f"run state value at `{path}` has type {type(x).__name__}, which the checkpoint format "
+                        "does not store (use tensors, numbers, strings, lists, tuples or dicts)")
+
+    return enc(obj, "state"), tensors
+
+
+def decode_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`encode_state`; an unknown tag or missing tensor raises ``ValueError``."""
+
+    def dec(x: Any) -> Any:
+        if isinstance(x, list):
+            return [dec(v) for v in x]
+        if not isinstance(x, dict):
+            return x
+        tag = next((t for t in _TAGS if t in x), None)
+        if tag is None:
+            return {k: dec(v) for k, v in x.items()}
+        v = x[tag]
+        if tag == "__tensor__":
+            if v not in tensors:
+                raise ValueError(f"tensor {v!r} is missing")
+            return tensors[v]
+        if tag == "__ndarray__":
+            if v not in tensors:
+                raise ValueError(f"tensor {v!r} is missing")
+            return tensors[v].numpy().astype(np.dtype(str(x["dtype"])))
+        if tag == "__tuple__":
+            return tuple(dec(e) for e in v)
+        if tag == "__dict__":
+            return {dec(k): dec(e) for k, e in v}
+        if tag == "__float__":
+            if v not in ("nan", "inf", "-inf"):
+                raise ValueError(f"bad float {v!r}")
+            return float(v)
+        return Fraction(int(v[0]), int(v[1]))
+
+    return dec(obj)
+
+
 # ---------------------------------------------------------------------- resumable run state
-def _torch_bytes(obj: Any) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
+def _state_files(state: dict[str, Any]) -> tuple[bytes, dict[str, torch.Tensor]]:
+    doc, tensors = encode_state(state)
+    return json.dumps(doc, allow_nan=False).encode(), tensors
 
 
 def save_run_state(run_dir: str | Path, *, model: nn.Module, masks: dict[str, torch.Tensor] | None,
                    state: dict[str, Any], epoch: int, compress: bool = False) -> Path:
     """Write a complete resumable checkpoint for ``epoch`` and atomically point ``run_dir/last`` at it.
 
-    ``state`` holds everything else (optimizer, LR scheduler, method, RNG states, counters) and is saved with
-    ``torch.save``; weights and masks go to safetensors.
+    ``state`` holds everything else (optimizer, LR scheduler, method, RNG states, counters); it is stored without
+    pickle as ``state.json`` + ``state.safetensors`` (see :func:`encode_state`); weights and masks go to
+    ``model.safetensors`` / ``masks.safetensors``.
     """
     run_dir = Path(run_dir)
     ckpts = run_dir / "checkpoints"
@@ -175,8 +261,10 @@ def save_run_state(run_dir: str | Path, *, model: nn.Module, masks: dict[str, to
         from .weights_io import save_weights  # compressed when `compress` (sparse phases)
 
         save_weights(work, model, masks, epoch, compress)
-        atomic_write_bytes(work / "state.pt", _torch_bytes(state))
-        atomic_write_text(work / "meta.json", json.dumps({"epoch": epoch, "complete": True}))
+        doc, tensors = _state_files(state)
+        save_tensors(work / "state.safetensors", tensors)
+        atomic_write_bytes(work / "state.json", doc)
+        atomic_write_text(work / "meta.json", json.dumps({"epoch": epoch, "complete": True, "format": 2}))
         if final.exists():
             shutil.rmtree(final)
         os.replace(work, final)
@@ -199,8 +287,8 @@ def save_run_state(run_dir: str | Path, *, model: nn.Module, masks: dict[str, to
     return final
 
 
-def load_run_state(run_dir: str | Path, model: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
-    """Load ``run_dir/last`` into ``model``; returns (state, masks). Raises :class:`CheckpointError` if unusable."""
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    """The complete checkpoint ``run_dir/last`` points to; raises :class:`CheckpointError` if there is none."""
     last = Path(run_dir) / "last"
     if not last.exists():
         raise CheckpointError(f"no resumable checkpoint at {last}; run without --resume to start fresh")
@@ -210,14 +298,41 @@ def load_run_state(run_dir: str | Path, model: nn.Module) -> tuple[dict[str, Any
     except (OSError, json.JSONDecodeError) as e:
         msg = f"checkpoint {last} is incomplete ({meta_path}: {e}); delete {last} to start fresh"
         raise CheckpointError(msg) from None
-    if not meta.get("complete"):
+    if not isinstance(meta, dict) or not meta.get("complete"):
         raise CheckpointError(f"checkpoint {last} is incomplete; delete it to start fresh")
+    return last
+
+
+def read_run_state(ckpt: str | Path) -> dict[str, Any]:
+    """The run state (everything but weights and masks) of one checkpoint directory, read without unpickling."""
+    ckpt = Path(ckpt)
+    doc_path = ckpt / "state.json"
+    if not doc_path.is_file() and (ckpt / "state.pt").exists():
+        raise CheckpointError(f"checkpoint {ckpt} stores its state as a pickle (state.pt, an older format) that "
+                              "acdc does not load because unpickling can run code; start fresh without --resume")
+    try:
+        doc = json.loads(doc_path.read_text(), parse_constant=_reject_constant)
+        tensors = load_tensors(ckpt / "state.safetensors")[0]
+        state = decode_state(doc, tensors)
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, IndexError) as e:
+        msg = f"checkpoint state {doc_path} is corrupt ({e}); delete {ckpt} to start fresh"
+        raise CheckpointError(msg) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint state {doc_path} is corrupt (not a mapping); delete {ckpt} to start fresh")
+    return state
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def load_run_state(run_dir: str | Path, model: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+    """Load ``run_dir/last`` into ``model``; returns (state, masks). Raises :class:`CheckpointError` if unusable."""
     from .weights_io import load_weights  # plain or compressed
 
+    last = checkpoint_dir(run_dir)
+    state = read_run_state(last)  # first: a corrupt or refused state leaves the model untouched
     masks = load_weights(last, model)
-    try:
-        state = torch.load(io.BytesIO((last / "state.pt").read_bytes()), weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        msg = f"checkpoint {last / 'state.pt'} is corrupt ({e}); delete {last} to start fresh"
-        raise CheckpointError(msg) from None
     return state, masks

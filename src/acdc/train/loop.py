@@ -340,8 +340,8 @@ class Trainer:
 
     # -------------------------------------------------------------- main
     def run(self) -> TrainResult:
+        self.setup()  # every check that needs no disk: a bad recipe or dataset leaves no run folder behind
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.setup()
         r = self.recipe
         if self.resume and (self.out_dir / "last").exists():
             self._restore()
