@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,24 +118,31 @@ def _type_ok(value: Any, ftype: Any) -> Any:
             return int(value)
         raise TypeError("an integer")
     if t == "float":
+        out = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            out = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
             try:
-                return float(value)
+                out = float(value)
             except ValueError:
                 pass
-        raise TypeError("a number")
+        if out is None:
+            raise TypeError("a number")
+        if not math.isfinite(out):
+            raise TypeError("a finite number")
+        return out
     if t == "str":
         if isinstance(value, str):
             return value
         raise TypeError("a string")
     if t.startswith("tuple"):
-        if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+        if isinstance(value, (list, tuple)) and len(value) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
             return tuple(float(v) for v in value)
         raise TypeError("a list of two numbers")
     if t.startswith("list"):
-        if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
+        if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                    and math.isfinite(v) for v in value):
             return [float(v) for v in value]
         raise TypeError("a list of numbers")
     if t.startswith("dict"):
@@ -178,17 +186,35 @@ def _check_ranges(r: Recipe) -> None:
         if not cond:
             raise RecipeError(msg)
 
+    need(bool(r.name) and not Path(r.name).is_absolute() and ".." not in Path(r.name).parts,
+         f"`name` ({r.name!r}) must be a non-empty relative name without `..` (it names the run folder under "
+         "runs/); it is not absolute and does not climb out, e.g. name: cifar10-acdc")
+    need(0 <= r.seed <= 2**32 - 1, f"`seed` must be an integer in [0, 2**32 - 1], got {r.seed}")
     need(r.epochs >= 1, f"`epochs` must be >= 1, got {r.epochs}")
     need(r.batch_size >= 1, f"`batch_size` must be >= 1, got {r.batch_size}")
     need(r.eval_batch_size >= 1, f"`eval_batch_size` must be >= 1, got {r.eval_batch_size}")
     need(r.grad_accum >= 1, f"`grad_accum` must be >= 1, got {r.grad_accum}")
     need(r.optimizer.lr > 0, f"`optimizer.lr` must be > 0, got {r.optimizer.lr}")
+    for key, value in (("grad_clip", r.grad_clip), ("eval_max_batches", r.eval_max_batches),
+                       ("max_steps_per_epoch", r.max_steps_per_epoch), ("num_workers", r.num_workers),
+                       ("optimizer.momentum", r.optimizer.momentum), ("optimizer.weight_decay", r.optimizer.weight_decay),
+                       ("lr_schedule.min_lr", r.lr_schedule.min_lr),
+                       ("lr_schedule.warmup_epochs", r.lr_schedule.warmup_epochs),
+                       ("lr_schedule.warmup_start_factor", r.lr_schedule.warmup_start_factor)):
+        need(value >= 0, f"`{key}` must be >= 0, got {value}")
+    need(r.lr_schedule.gamma > 0, f"`lr_schedule.gamma` must be > 0, got {r.lr_schedule.gamma}")
+    need(r.optimizer.eps > 0, f"`optimizer.eps` must be > 0, got {r.optimizer.eps}")
+    need(all(m >= 0 for m in r.lr_schedule.milestones),
+         f"`lr_schedule.milestones` must be epochs >= 0, got {r.lr_schedule.milestones}")
     need(0 <= r.label_smoothing < 1, f"`label_smoothing` must be in [0, 1), got {r.label_smoothing}")
     need(r.lr_schedule.warmup_epochs <= r.epochs,
          f"`lr_schedule.warmup_epochs` ({r.lr_schedule.warmup_epochs}) exceeds `epochs` ({r.epochs})")
     s = r.method.get("sparsity", 0.0)
     need(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 <= s < 1,
          f"`method.sparsity` must be a number in [0, 1) (e.g. 0.9), got {s!r}")
+    need(r.method_name != "dense" or not s,
+         f"`method.sparsity` ({s}) is set on the `dense` method, which never prunes; remove it or pick a sparse "
+         "method (e.g. method: {name: acdc, sparsity: 0.9})")
 
 
 def parse_recipe(raw: dict[str, Any]) -> Recipe:
@@ -234,9 +260,14 @@ def load_raw_recipe(path: str | Path, overrides: list[str] | None = None) -> dic
     if not p.is_file():
         raise RecipeError(f"recipe file not found: {p}")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise RecipeError(f"recipe {p} is not valid YAML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError(f"cannot read recipe {p}: {e}") from None
+    if raw is None:
+        raise RecipeError(f"recipe {p} is empty; write at least `model`, `data`, `optimizer` and `method` "
+                          "(see recipes/ for examples)")
     if not isinstance(raw, dict):
         raise RecipeError(f"a recipe must be a YAML mapping, got {type(raw).__name__}")
     return apply_overrides(raw, list(overrides or []))
