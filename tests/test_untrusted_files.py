@@ -159,7 +159,8 @@ def test_run_state_codec_round_trips_exactly_without_pickle(tmp_path):
     text = json.dumps(doc, allow_nan=False)  # strict JSON
     back = decode_state(json.loads(text), tensors)
     assert back["optimizer"]["state"][0]["step"].item() == 4.0 and 0 in back["optimizer"]["state"]
-    assert torch.equal(back["optimizer"]["state"][0]["momentum_buffer"], state["optimizer"]["state"][0]["momentum_buffer"])
+    buf = state["optimizer"]["state"][0]["momentum_buffer"]
+    assert torch.equal(back["optimizer"]["state"][0]["momentum_buffer"], buf)
     assert back["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)
     assert back["optimizer"]["param_groups"][0]["lr"] == 0.1 / 3
     assert torch.equal(back["rng"]["torch"], state["rng"]["torch"])

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+EXIT_NONFINITE = 3  # training diverged (NaN/inf loss or weights); bad input and OS errors exit 2, Ctrl-C 130
+
 COMMAND_MODULES = [
     "acdc.commands.train",
     "acdc.commands.report",
@@ -33,13 +35,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from .train.checkpoint import CheckpointError
+    from .train.loop import NonFiniteError
     from .train.recipe import RecipeError
 
     try:
         return int(args.func(args) or 0)
-    except (RecipeError, CheckpointError, FileNotFoundError, ValueError, ImportError) as e:
+    except NonFiniteError as e:  # a diverged run: its own exit status, so scripts can tell it from bad input
+        print(f"acdc {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_NONFINITE
+    except (RecipeError, CheckpointError, ValueError, ImportError, OSError) as e:
         print(f"acdc {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"acdc {args.command}: interrupted; a run continues from its last checkpoint with --resume",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -142,11 +142,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_agree(args: argparse.Namespace) -> int:
+    from ..train.checkpoint import atomic_write_text
+    from . import check_out_file
+
+    if args.json_out:
+        check_out_file(args.json_out, "--json-out")  # before the models and data are loaded
     res = agree_models(args.model_a, args.model_b, recipe=args.recipe, data=args.data, device=args.device,
                        batch_size=args.batch_size)
     print(format_agreement(res))
     if args.json_out:
-        out = Path(args.json_out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=2))
+        atomic_write_text(args.json_out, json.dumps(res, indent=2, allow_nan=False))
     return 0

@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from . import check_out_folder
+
+    check_out_folder(args.out)
     res = compare(args.recipe, args.methods, args.sparsity, args.seeds, args.out, overrides=args.overrides,
                   method_opts=args.method_opts, oneshot_epochs=args.oneshot_epochs,
                   progress=not args.no_progress)

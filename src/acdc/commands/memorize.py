@@ -41,6 +41,7 @@ def memorize(
     overrides: list[str] | None = None,
     progress: bool = False,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run the memorization study; returns the contents of ``memorization.json``.
 
@@ -54,6 +55,7 @@ def memorize(
     from ..train.checkpoint import atomic_write_text
     from ..train.loop import Trainer
     from ..train.recipe import load_recipe
+    from ..train.rundir import RunDirError, stale_files
 
     recipe = load_recipe(recipe_path, overrides)
     data_cfg = dict(recipe.data)
@@ -71,6 +73,12 @@ def memorize(
     corrupted_bundle = dataclasses.replace(bundle, train=train_ds,
                                            info={**bundle.info, "augment": False, "corrupted": info})
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out} is a file, not a folder; choose a folder path for the run")
+    stale = [] if resume or overwrite else stale_files(out, recipe)
+    if stale:
+        raise RunDirError(f"{out} already holds another run ({', '.join(stale[:5])}); continue it with --resume, "
+                          "replace it with --overwrite, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
         "indices": idx.tolist(),
@@ -90,7 +98,8 @@ def memorize(
         return {"mem_acc_corrupted": r["acc_vs_corrupted"], "mem_acc_true": r["acc_vs_true"],
                 "mem_acc_other": r["acc_vs_other"]}
 
-    res = Trainer(recipe, out, bundle=corrupted_bundle, epoch_hooks=[hook], progress=progress, resume=resume).run()
+    res = Trainer(recipe, out, bundle=corrupted_bundle, epoch_hooks=[hook], progress=progress, resume=resume,
+                  overwrite=overwrite).run()
     run = load_run(out)  # reads metrics.jsonl once, for the curves and the figure
     keys = ("mem_acc_corrupted", "mem_acc_true", "mem_acc_other")
     result["curves"] = [{"epoch": m["epoch"], "phase": m["phase"], **{k: m[k] for k in keys}} for m in run.metrics]
@@ -111,12 +120,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override a recipe key (repeatable)")
     p.add_argument("--progress", action="store_true", help="progress bars / per-epoch lines")
     p.add_argument("--resume", action="store_true", help="continue an interrupted study from OUT/last")
+    p.add_argument("--overwrite", action="store_true", help="start fresh in an OUT that holds another run")
     p.set_defaults(func=cmd_memorize)
 
 
 def cmd_memorize(args: argparse.Namespace) -> int:
     res = memorize(args.recipe, args.out, n=args.corrupt, seed=args.seed, overrides=args.overrides,
-                   progress=args.progress, resume=args.resume)
+                   progress=args.progress, resume=args.resume, overwrite=args.overwrite)
     i = res["info"]
     print(f"corrupted {i['n']} training labels (seed {i['seed']}); {i['kept_true_label']} drew their true label")
     w = max([len(c["phase"]) for c in res["curves"]] + [5])

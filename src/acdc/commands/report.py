@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ..report import build_report
+    from . import check_out_folder
+
+    check_out_folder(args.out)
 
     figs = None if args.figures is None else [f.strip() for f in args.figures.split(",") if f.strip()]
     res = build_report(args.run_dirs, args.out, agreement=args.agreement, device=args.device, figures=figs)

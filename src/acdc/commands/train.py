@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/last")
     p.add_argument("--compress-checkpoints", action="store_true",
                    help="write sparse-phase checkpoints as bitmask + non-zeros (~7x smaller at 90%%)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start fresh in an OUT that holds another run, deleting that run's files")
     p.add_argument("--no-progress", action="store_true", help="no progress bars / per-epoch lines")
     p.set_defaults(func=cmd_train)
 
@@ -39,8 +41,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.insert(0, f"model={{name: '{args.model}'}}")
     recipe = load_recipe(args.recipe, overrides)
     out = Path(args.out) if args.out else Path("runs") / recipe.name
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: continue the run or replace it")
     res = Trainer(recipe, out, resume=args.resume, progress=not args.no_progress,
-                  compress_checkpoints=args.compress_checkpoints).run()
+                  compress_checkpoints=args.compress_checkpoints, overwrite=args.overwrite).run()
     print(json.dumps(res.summary, indent=2))
     return 0
 
@@ -69,7 +73,8 @@ def finetune_dense(run_dir: str | Path, epochs: int | None = None, progress: boo
     if start >= ft.epochs:
         raise ValueError(f"the best dense checkpoint is from the last epoch ({best_epoch}); pass --epochs N")
     out = run_dir / "finetune_dense"
-    trainer = Trainer(ft, out, progress=progress, init_weights=dpath, start_epoch=start)
+    # the fine-tune folder belongs to this run: a re-run replaces it
+    trainer = Trainer(ft, out, progress=progress, init_weights=dpath, start_epoch=start, overwrite=True)
     res = trainer.run()
     # the fine-tuned model is the final dense model of that run
     link_or_copy(out / "final.safetensors", run_dir / "dense_finetuned.safetensors")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -37,11 +38,46 @@ from ..methods import build_method
 from ..methods.base import SparseMethod
 from .checkpoint import atomic_write_text, link_or_copy, load_model, load_run_state, save_model, save_run_state
 from .recipe import Recipe, dump_recipe
+from .rundir import RunDir, claim_run_dir
 
 try:  # progress bars are optional at import time
     from tqdm.auto import tqdm
 except ImportError:  # pragma: no cover
     tqdm = None
+
+
+class NonFiniteError(FloatingPointError):
+    """Training produced a NaN/inf loss or weight; the run stopped with its last good checkpoint untouched."""
+
+
+def finite_or_null(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by ``None``, so ``json.dumps(allow_nan=False)`` holds."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    return obj
+
+
+def strict_json(obj: Any, **kw: Any) -> str:
+    """Standard JSON (no bare NaN/Infinity): non-finite floats become null."""
+    return json.dumps(finite_or_null(obj), allow_nan=False, **kw)
+
+
+def read_metrics_lines(path: Path) -> list[dict[str, Any]]:
+    """Records of a ``metrics.jsonl``; a torn last line (a kill mid-append) is dropped, any other bad line raises."""
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    out = []
+    for i, ln in enumerate(lines):
+        try:
+            out.append(json.loads(ln))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path} line {i + 1} is not JSON ({e}); fix or delete the line, then --resume") from None
+    return out
 
 
 # ---------------------------------------------------------------------- builders
@@ -169,10 +205,11 @@ class Trainer:
                  init_weights: str | Path | None = None, start_epoch: int = 0,
                  bundle: data_mod.DataBundle | None = None,
                  epoch_hooks: list[Callable[[Trainer, int], dict[str, Any]]] | None = None,
-                 compress_checkpoints: bool = False) -> None:
+                 compress_checkpoints: bool = False, overwrite: bool = False) -> None:
         self.recipe = recipe
         self.out_dir = Path(out_dir)
         self.resume = resume
+        self.overwrite = overwrite  # a fresh run may replace another run's files in out_dir
         self.progress = recipe.progress if progress is None else progress
         self.init_weights = init_weights
         self.start_epoch = start_epoch
@@ -265,13 +302,13 @@ class Trainer:
         if state.get("update_tracker") is not None:
             self.update_tracker.load_state_dict(state["update_tracker"])
         self.state = state["run"]
+        self._pending = dict(state.get("pending") or {})  # events after the last metrics line (e.g. a compression)
         _set_rng_state(state["rng"])
-        # drop metrics lines written after the checkpoint (a crash between the two)
+        # drop metrics lines written after the checkpoint (a crash between the two) and a torn last line
         mpath = self.out_dir / "metrics.jsonl"
         if mpath.exists():
-            lines = [ln for ln in mpath.read_text().splitlines() if ln.strip()]
-            keep = [ln for ln in lines if json.loads(ln)["epoch"] < self.state["epoch"]]
-            atomic_write_text(mpath, "".join(k + "\n" for k in keep))
+            keep = [m for m in read_metrics_lines(mpath) if m["epoch"] < self.state["epoch"]]
+            atomic_write_text(mpath, "".join(strict_json(m) + "\n" for m in keep))
 
     def _checkpoint(self) -> None:
         mstate = self.method.state_dict()
@@ -279,7 +316,7 @@ class Trainer:
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "method": mstate, "scaler": self.scaler.state_dict() if self.scaler else None,
                  "tracker": self.tracker.state_dict(), "update_tracker": self.update_tracker.state_dict(),
-                 "run": dict(self.state), "rng": _rng_state()}
+                 "run": dict(self.state), "rng": _rng_state(), "pending": self._pending}
         save_run_state(self.out_dir, model=self.model, masks=masks, state=state, epoch=self.state["epoch"],
                        compress=self.compress_checkpoints)
 
@@ -292,6 +329,7 @@ class Trainer:
         tot_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         tot_correct = torch.zeros((), dtype=torch.int64, device=self.device)
         tot_n, micro = 0, 0
+        first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)  # first step with a non-finite loss
         bar = None
         if self.progress and tqdm is not None:
             bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{r.epochs} [{self.method.phase}]",
@@ -308,6 +346,7 @@ class Trainer:
             scaled = loss / r.grad_accum
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             tot_loss += loss.detach().double() * n
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step_in_epoch, first_bad)
             tot_correct += correct
             tot_n += n
             micro += 1
@@ -333,21 +372,42 @@ class Trainer:
                     bar.set_postfix(loss=f"{float(tot_loss) / tot_n:.3f}")
         if bar is not None:
             bar.close()
+        if int(first_bad) >= 0 or not math.isfinite(float(tot_loss)):
+            raise NonFiniteError(f"training loss became non-finite at step {int(first_bad)} of epoch {epoch} (lr "
+                                 f"{self.optimizer.param_groups[0]['lr']:.3g}); stopped, {self._kept()}; lower "
+                                 "optimizer.lr or set grad_clip")
+        bad = [n for n, t in self.model.state_dict().items() if t.is_floating_point() and not bool(t.isfinite().all())]
+        if bad:
+            raise NonFiniteError(f"weights became non-finite in epoch {epoch} ({', '.join(bad[:3])}); stopped, "
+                                 f"{self._kept()}; lower optimizer.lr or set grad_clip")
         loss_sum = float(tot_loss)
-        if not math.isfinite(loss_sum):
-            raise FloatingPointError(f"training loss became {loss_sum} in epoch {epoch}; lower optimizer.lr")
         return {"loss": loss_sum / max(1, tot_n), "acc": int(tot_correct) / max(1, tot_n)}
+
+    def _kept(self) -> str:
+        last = self.out_dir / "last"
+        return f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint was written"
 
     # -------------------------------------------------------------- main
     def run(self) -> TrainResult:
-        self.setup()  # every check that needs no disk: a bad recipe or dataset leaves no run folder behind
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        """Claim ``out_dir`` (exclusive lock, stale-file and recipe checks), set up, train; see the module doc."""
+        run_dir = claim_run_dir(self.out_dir, self.recipe, resume=self.resume, overwrite=self.overwrite)
+        try:
+            return self._run(run_dir)
+        finally:
+            run_dir.release()
+
+    def _run(self, run_dir: RunDir) -> TrainResult:
+        try:
+            self.setup()  # a bad recipe or dataset leaves no run folder behind
+        except BaseException:
+            run_dir.discard()
+            raise
         r = self.recipe
-        if self.resume and (self.out_dir / "last").exists():
+        if self.resume:
             self._restore()
-        elif self.resume:
-            raise FileNotFoundError(f"--resume: no checkpoint in {self.out_dir / 'last'}; run without --resume")
         else:
+            if self.overwrite:
+                run_dir.remove_stale(r)
             for stale in ("metrics.jsonl", "summary.json"):
                 (self.out_dir / stale).unlink(missing_ok=True)
         atomic_write_text(self.out_dir / "recipe.yaml", dump_recipe(r))
@@ -402,7 +462,9 @@ class Trainer:
             rec["epoch_time"] = time.perf_counter() - t0
             rec["elapsed"] = self.state["elapsed"]
             with open(mpath, "a") as fh:
-                fh.write(json.dumps(rec) + "\n")
+                fh.write(strict_json(rec) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
             self.state["epoch"] = epoch + 1
             self._checkpoint()
             if self.progress:
@@ -449,10 +511,11 @@ class Trainer:
             summary["train_flops_rel"] = self.state["train_flops_cum"] / r.epochs
             summary["inference_flops_rel"] = f / self.f_dense
             summary["dense_inference_flops"] = self.f_dense
-        atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=2))
+        atomic_write_text(self.out_dir / "summary.json", strict_json(summary, indent=2))
         return summary
 
 
-def train(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, progress: bool | None = None) -> TrainResult:
+def train(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, progress: bool | None = None,
+          overwrite: bool = False) -> TrainResult:
     """Train ``recipe`` into ``out_dir`` (``--resume`` continues from ``out_dir/last``)."""
-    return Trainer(recipe, out_dir, resume=resume, progress=progress).run()
+    return Trainer(recipe, out_dir, resume=resume, progress=progress, overwrite=overwrite).run()

@@ -197,7 +197,8 @@ def _check_ranges(r: Recipe) -> None:
     need(r.optimizer.lr > 0, f"`optimizer.lr` must be > 0, got {r.optimizer.lr}")
     for key, value in (("grad_clip", r.grad_clip), ("eval_max_batches", r.eval_max_batches),
                        ("max_steps_per_epoch", r.max_steps_per_epoch), ("num_workers", r.num_workers),
-                       ("optimizer.momentum", r.optimizer.momentum), ("optimizer.weight_decay", r.optimizer.weight_decay),
+                       ("optimizer.momentum", r.optimizer.momentum),
+                       ("optimizer.weight_decay", r.optimizer.weight_decay),
                        ("lr_schedule.min_lr", r.lr_schedule.min_lr),
                        ("lr_schedule.warmup_epochs", r.lr_schedule.warmup_epochs),
                        ("lr_schedule.warmup_start_factor", r.lr_schedule.warmup_start_factor)):
