@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     for key, raw in (("dense", dense_raw), ("acdc", acdc_raw)):
         recipe = parse_recipe(raw)
         print(f"== {key}: {recipe.name}, {recipe.epochs} epochs ==", flush=True)
-        results[key] = Trainer(recipe, out / key, progress=args.progress).run().summary
+        # a re-run of the demo replaces the previous one
+        results[key] = Trainer(recipe, out / key, progress=args.progress, overwrite=True).run().summary
         if not args.progress:
             print(f"   done: final val_acc {results[key]['final']['val_acc']:.4f}", flush=True)
     d, a = results["dense"], results["acdc"]
