@@ -19,12 +19,13 @@ import pytest
 import torch
 import yaml
 
+import acdc
 from acdc.cli import main
 from acdc.train.checkpoint import load_tensors
 from acdc.train.loop import Trainer
 from acdc.train.recipe import parse_recipe
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(acdc.__file__).resolve().parents[1])  # the subprocesses run the code under test
 WALL = ("time", "epoch_time", "elapsed")
 
 
