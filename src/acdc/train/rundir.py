@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .recipe import Recipe, dump_recipe
+from .recipe import Recipe, RecipeError, dump_recipe, parse_recipe
 
 LOCK_NAME = ".acdc.lock"
 # what a run writes; any of these in a fresh run's folder belongs to another run
@@ -40,9 +40,9 @@ def recipe_differences(run_dir: Path, recipe: Recipe) -> list[str]:
     p = run_dir / "recipe.yaml"
     if not p.is_file():
         return []
-    try:
-        saved = yaml.safe_load(p.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
+    try:  # normalised through the parser, so defaults written out or left implicit compare equal
+        saved = yaml.safe_load(dump_recipe(parse_recipe(yaml.safe_load(p.read_text()) or {})))
+    except (OSError, yaml.YAMLError, RecipeError) as e:
         raise RunDirError(f"cannot read {p} ({e}); restore it or start a new run with another --out") from None
     a, b = _flat(saved), _flat(yaml.safe_load(dump_recipe(recipe)))
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _IGNORED_KEYS)
@@ -97,7 +97,7 @@ def claim_run_dir(path: str | Path, recipe: Recipe, *, resume: bool, overwrite: 
     if path.exists() and not path.is_dir():
         raise RunDirError(f"--out {path} is a file, not a folder; choose a folder path for the run")
     if resume and not (path / "last").exists():
-        raise RunDirError(f"--resume: no checkpoint in {path / 'last'}; run without --resume to start fresh")
+        raise FileNotFoundError(f"--resume: no checkpoint in {path / 'last'}; run without --resume to start fresh")
     created = [a for a in (path, *path.absolute().parents) if not a.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
