@@ -82,11 +82,10 @@ def _kth_bucket(hist: torch.Tensor, k: int) -> tuple[int, int]:
     return b, greater
 
 
-def _high_bucket(tensors: Mapping[str, torch.Tensor], k: int) -> tuple[int, int, int]:
-    """Radix pass 1: histogram of the high 15 bits of |w| (sign cleared) over all tensors.
+def _high_hist(tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Counts (int64, 2**15 bins) of the high 15 bits of |w|'s float32 bit pattern over all tensors.
 
-    Returns ``(b, greater, in_b)``: the bucket holding the k-th largest |w|, how many values lie in higher buckets,
-    and how many lie in bucket ``b``.
+    Counts are additive over tensors and over shards of a tensor (the sharded top-k all-reduces them).
     """
     dev = next(iter(tensors.values())).device
     hist = torch.zeros(1 << 15, dtype=torch.int64, device=dev)
@@ -94,6 +93,57 @@ def _high_bucket(tensors: Mapping[str, torch.Tensor], k: int) -> tuple[int, int,
         for _, c in _chunks(t):
             high, _ = _halves(_f32(c))
             hist += torch.bincount(torch.bitwise_and(high, 0x7FFF), minlength=1 << 15)
+    return hist
+
+
+def _low_hist(tensors: Mapping[str, torch.Tensor], b: int) -> torch.Tensor:
+    """Counts (int64, 2**16 bins) of the low 16 bits of |w| among values whose high 15 bits equal ``b``."""
+    dev = next(iter(tensors.values())).device
+    hist2 = torch.zeros(1 << 16, dtype=torch.int64, device=dev)
+    for t in tensors.values():
+        for _, c in _chunks(t):
+            high, low = _halves(_f32(c))
+            sel = low[torch.bitwise_and(high, 0x7FFF) == b]
+            if sel.numel():
+                hist2 += torch.bincount(torch.bitwise_and(sel.to(torch.int32), 0xFFFF), minlength=1 << 16)
+    return hist2
+
+
+def _bits_to_float(bits: int) -> float:
+    """The float32 whose bit pattern is the non-negative int ``bits``."""
+    return torch.tensor([bits], dtype=torch.int32).view(torch.float32).item()
+
+
+def _threshold_mask(t: torch.Tensor, thr: float, skip: int, take: int) -> tuple[torch.Tensor, int]:
+    """Flat mask of ``|t| > thr`` plus ties ``|t| == thr``: skip the first ``skip`` ties (row-major), keep at most
+    the next ``take``. Returns ``(mask, ties kept)``; callers carry the tie budget across tensors in global order."""
+    mask = torch.empty(t.numel(), dtype=torch.bool, device=t.device)
+    seen = kept = 0
+    for i, c in _chunks(t):
+        a = _f32(c).abs()
+        m = a > thr
+        if take > 0:
+            is_eq = a == thr
+            n_eq = int(is_eq.sum())
+            if n_eq and seen + n_eq > skip:  # a full-size nonzero() only for chunks holding kept ties
+                pos = torch.nonzero(is_eq).reshape(-1)
+                lo = max(skip - seen, 0)
+                chosen = pos[lo : lo + take]
+                m[chosen] = True
+                take -= chosen.numel()
+                kept += chosen.numel()
+            seen += n_eq
+        mask[i : i + c.numel()] = m
+    return mask, kept
+
+
+def _high_bucket(tensors: Mapping[str, torch.Tensor], k: int) -> tuple[int, int, int]:
+    """Radix pass 1: histogram of the high 15 bits of |w| (sign cleared) over all tensors.
+
+    Returns ``(b, greater, in_b)``: the bucket holding the k-th largest |w|, how many values lie in higher buckets,
+    and how many lie in bucket ``b``.
+    """
+    hist = _high_hist(tensors)
     if int(hist[_NONFINITE_BUCKET:].sum()):  # inf/NaN bit patterns sort above every finite value
         for n, t in tensors.items():
             _check_finite(n, t)
@@ -133,30 +183,13 @@ def _masks_two_pass(tensors: Mapping[str, torch.Tensor], b: int, need: int) -> d
 def _masks_three_pass(tensors: Mapping[str, torch.Tensor], b: int, need: int) -> dict[str, torch.Tensor]:
     """Radix passes 2-3 when bucket ``b`` is large (e.g. many exact zeros): histogram its low 16 bits to get the
     exact threshold value, then threshold and fill the ties lowest global index first."""
-    dev = next(iter(tensors.values())).device
-    hist2 = torch.zeros(1 << 16, dtype=torch.int64, device=dev)
-    for t in tensors.values():
-        for _, c in _chunks(t):
-            high, low = _halves(_f32(c))
-            sel = low[torch.bitwise_and(high, 0x7FFF) == b]
-            if sel.numel():
-                hist2 += torch.bincount(torch.bitwise_and(sel.to(torch.int32), 0xFFFF), minlength=1 << 16)
-    lo, greater2 = _kth_bucket(hist2, need)
-    thr = torch.tensor([(b << 16) | lo], dtype=torch.int32).view(torch.float32).item()
+    lo, greater2 = _kth_bucket(_low_hist(tensors, b), need)
+    thr = _bits_to_float((b << 16) | lo)
     ties_left = need - greater2  # >= 1 values equal to the threshold to keep, lowest global index first
     out: dict[str, torch.Tensor] = {}
     for n, t in tensors.items():
-        mask = torch.empty(t.numel(), dtype=torch.bool, device=t.device)
-        for i, c in _chunks(t):
-            a = _f32(c).abs()
-            m = a > thr
-            if ties_left > 0:
-                is_eq = a == thr
-                if bool(is_eq.any()):  # a full-size nonzero() only for the (usually one) chunk holding ties
-                    take = torch.nonzero(is_eq).reshape(-1)[:ties_left]
-                    m[take] = True
-                    ties_left -= take.numel()
-            mask[i : i + c.numel()] = m
+        mask, kept = _threshold_mask(t, thr, 0, ties_left)
+        ties_left -= kept
         out[n] = mask.view(t.shape)
     return out
 

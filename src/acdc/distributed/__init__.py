@@ -1,0 +1,1 @@
+"""Scale-out pieces built on torch.distributed: the exact sharded top-k (``topk``)."""
