@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from ..train.checkpoint import link_or_copy, load_metadata
@@ -25,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="start fresh in an OUT that holds another run, deleting that run's files")
     p.add_argument("--no-progress", action="store_true", help="no progress bars / per-epoch lines")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="launch N processes on this machine with torchrun (data parallel; see `distributed:`)")
     p.set_defaults(func=cmd_train)
 
     f = sub.add_parser("finetune-dense", help="fine-tune the best dense checkpoint of an AC/DC run densely")
@@ -35,7 +40,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.set_defaults(func=cmd_finetune_dense)
 
 
+def _launch_torchrun(nproc: int) -> int:
+    """Re-run this command under ``torchrun --standalone --nproc-per-node N`` (without ``--nproc``)."""
+    argv = list(sys.argv[1:])
+    for i, a in enumerate(argv):
+        if a == "--nproc":
+            del argv[i : i + 2]
+            break
+        if a.startswith("--nproc="):
+            del argv[i]
+            break
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "acdc", *argv]
+    return subprocess.run(cmd).returncode
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc > 1 and "RANK" not in os.environ:
+        load_recipe(args.recipe, list(args.overrides))  # a bad recipe fails here once, not on every rank
+        return _launch_torchrun(args.nproc)
     overrides = list(args.overrides)
     if args.model:  # a bare name replaces the recipe's whole model block (its kwargs belong to the old model)
         overrides.insert(0, f"model={{name: '{args.model}'}}")
@@ -45,7 +70,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError("--resume and --overwrite exclude each other: continue the run or replace it")
     res = Trainer(recipe, out, resume=args.resume, progress=not args.no_progress,
                   compress_checkpoints=args.compress_checkpoints, overwrite=args.overwrite).run()
-    print(json.dumps(res.summary, indent=2))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        print(json.dumps(res.summary, indent=2))
     return 0
 
 

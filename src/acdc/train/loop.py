@@ -14,6 +14,7 @@ the train loader reshuffles from a per-epoch seed, so a resumed run is bit-ident
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -36,6 +37,7 @@ from ..measure.dynamics import MaskTracker
 from ..measure.flops import inference_flops
 from ..methods import build_method
 from ..methods.base import SparseMethod
+from . import distributed as dist_mod
 from .checkpoint import atomic_write_text, link_or_copy, load_model, load_run_state, save_model, save_run_state
 from .recipe import Recipe, dump_recipe
 from .rundir import RunDir, claim_run_dir
@@ -222,6 +224,9 @@ class Trainer:
     def setup(self) -> None:
         r = self.recipe
         self.device = resolve_device(r.device)
+        self.dist = dist_mod.init_distributed(dataclasses.asdict(r.distributed), self.device)
+        self.progress = self.progress and self.dist.is_main
+        local_batch = self.dist.local_batch(r.batch_size)
         if r.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("recipe key `amp: fp16` needs device cuda (fp16 GradScaler); use `amp: bf16` on CPU")
         seed_everything(r.seed)
@@ -235,8 +240,12 @@ class Trainer:
             load_model(self.init_weights, self.model)
         self.train_gen = torch.Generator()
         # with gradient accumulation a short last batch would weigh as much as a full one: drop it
-        self.train_loader = DataLoader(self.bundle.train, batch_size=r.batch_size, shuffle=True,
-                                       drop_last=r.grad_accum > 1,
+        self.train_sampler = None
+        if self.dist.active:  # this rank's share of the single-process per-epoch permutation
+            self.train_sampler = dist_mod.EpochShardSampler(len(self.bundle.train), self.dist.rank, self.dist.world,
+                                                            self._epoch_seed)
+        self.train_loader = DataLoader(self.bundle.train, batch_size=local_batch, shuffle=self.train_sampler is None,
+                                       sampler=self.train_sampler, drop_last=r.grad_accum > 1,
                                        generator=self.train_gen, num_workers=r.num_workers)
         self.val_loader = DataLoader(self.bundle.val, batch_size=r.eval_batch_size, shuffle=False,
                                      num_workers=r.num_workers)
@@ -262,6 +271,7 @@ class Trainer:
         self._pending: dict[str, Any] = {}
         self._last_eval: tuple[dict[str, float], float | None] | None = None  # end-of-epoch (val, flops)
         self.method.add_listener(self._on_event)
+        self.train_model = self.dist.wrap(self.model, self.device)  # DDP when launched distributed
         self.state: dict[str, Any] = {"epoch": self.start_epoch, "best_dense": None, "elapsed": 0.0,
                                       "train_flops_cum": 0.0}
 
@@ -276,8 +286,12 @@ class Trainer:
         dtype = torch.long if self.task == "lm" else torch.float32
         return torch.zeros(shape, dtype=dtype, device=self.device)
 
+    def _epoch_seed(self, epoch: int) -> int:
+        return self.recipe.seed * 1_000_003 + epoch
+
     def _on_event(self, event: str, info: dict) -> None:
         self._last_eval = None  # the model changed after the last validation
+        self.dist.check_masks(self.method.masks, f"{event} (step {info['step']})")
         if event == "compress":
             rec = self.tracker.on_compress(info["epoch"], info["masks"])
             self._pending.setdefault("compressions", []).append(
@@ -308,9 +322,12 @@ class Trainer:
         mpath = self.out_dir / "metrics.jsonl"
         if mpath.exists():
             keep = [m for m in read_metrics_lines(mpath) if m["epoch"] < self.state["epoch"]]
-            atomic_write_text(mpath, "".join(strict_json(m) + "\n" for m in keep))
+            if self.dist.is_main:
+                atomic_write_text(mpath, "".join(strict_json(m) + "\n" for m in keep))
 
     def _checkpoint(self) -> None:
+        if not self.dist.is_main:
+            return
         mstate = self.method.state_dict()
         masks = mstate.pop("masks", None)
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -324,7 +341,9 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         r = self.recipe
         self.model.train()
-        self.train_gen.manual_seed(r.seed * 1_000_003 + epoch)
+        self.train_gen.manual_seed(self._epoch_seed(epoch))
+        if self.train_sampler is not None:
+            self.train_sampler.set_epoch(epoch)
         # running sums stay on the device: no host synchronisation per step
         tot_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         tot_correct = torch.zeros((), dtype=torch.int64, device=self.device)
@@ -341,7 +360,7 @@ class Trainer:
                 break
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self._amp_ctx():
-                out = self.model(x)
+                out = self.train_model(x)
             loss, correct, n = _loss_and_correct(out, y, self.task, r.label_smoothing)
             scaled = loss / r.grad_accum
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
@@ -372,6 +391,9 @@ class Trainer:
                     bar.set_postfix(loss=f"{float(tot_loss) / tot_n:.3f}")
         if bar is not None:
             bar.close()
+        n_seen = torch.tensor(tot_n, dtype=torch.int64, device=self.device)
+        self.dist.sum_(tot_loss, tot_correct, n_seen)  # metrics over the global batch
+        tot_n = int(n_seen)
         if int(first_bad) >= 0 or not math.isfinite(float(tot_loss)):
             raise NonFiniteError(f"training loss became non-finite at step {int(first_bad)} of epoch {epoch} (lr "
                                  f"{self.optimizer.param_groups[0]['lr']:.3g}); stopped, {self._kept()}; lower "
@@ -389,12 +411,18 @@ class Trainer:
 
     # -------------------------------------------------------------- main
     def run(self) -> TrainResult:
-        """Claim ``out_dir`` (exclusive lock, stale-file and recipe checks), set up, train; see the module doc."""
-        run_dir = claim_run_dir(self.out_dir, self.recipe, resume=self.resume, overwrite=self.overwrite)
+        """Claim ``out_dir`` (exclusive lock, stale-file and recipe checks), set up, train; see the module doc.
+
+        Under torchrun only rank 0 claims and writes the folder; the other ranks only read it (``--resume``)."""
+        main = dist_mod.process_rank() == 0
+        run_dir = (claim_run_dir(self.out_dir, self.recipe, resume=self.resume, overwrite=self.overwrite) if main
+                   else dist_mod.UnclaimedRunDir())
         try:
             return self._run(run_dir)
         finally:
             run_dir.release()
+            if getattr(self, "dist", None) is not None:
+                self.dist.close()  # leave a process group this run created (torchrun) before returning
 
     def _run(self, run_dir: RunDir) -> TrainResult:
         try:
@@ -405,12 +433,13 @@ class Trainer:
         r = self.recipe
         if self.resume:
             self._restore()
-        else:
+        elif self.dist.is_main:
             if self.overwrite:
                 run_dir.remove_stale(r)
             for stale in ("metrics.jsonl", "summary.json"):
                 (self.out_dir / stale).unlink(missing_ok=True)
-        atomic_write_text(self.out_dir / "recipe.yaml", dump_recipe(r))
+        if self.dist.is_main:
+            atomic_write_text(self.out_dir / "recipe.yaml", dump_recipe(r))
         mpath = self.out_dir / "metrics.jsonl"
         yields_dense = self.method.yields_dense
         for epoch in range(self.state["epoch"], r.epochs):
@@ -450,8 +479,9 @@ class Trainer:
                 if best is None or score > best["score"]:
                     self.state["best_dense"] = {"score": score, "epoch": epoch, "val_acc": val["acc"],
                                                 "val_loss": val["loss"]}
-                    save_model(self.out_dir / "dense.safetensors", self.model,
-                               {"epoch": epoch, "val_acc": val["acc"], "val_loss": val["loss"], "phase": phase})
+                    if self.dist.is_main:
+                        save_model(self.out_dir / "dense.safetensors", self.model,
+                                   {"epoch": epoch, "val_acc": val["acc"], "val_loss": val["loss"], "phase": phase})
             self._last_eval = (val, f)  # reused by _finish unless a mask event changes the model first
             # the epoch's last method step: may compress / decompress
             self.method.step()
@@ -461,10 +491,11 @@ class Trainer:
             rec["time"] = train_time
             rec["epoch_time"] = time.perf_counter() - t0
             rec["elapsed"] = self.state["elapsed"]
-            with open(mpath, "a") as fh:
-                fh.write(strict_json(rec) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+            if self.dist.is_main:
+                with open(mpath, "a") as fh:
+                    fh.write(strict_json(rec) + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
             self.state["epoch"] = epoch + 1
             self._checkpoint()
             if self.progress:
@@ -487,9 +518,10 @@ class Trainer:
         final_sparsity = self.method.sparsity()
         meta = {"epoch": r.epochs - 1, "val_acc": val["acc"], "val_loss": val["loss"], "sparsity": final_sparsity,
                 "method": r.method_name}
-        save_model(self.out_dir / "final.safetensors", self.model, meta)
-        if r.method_name != "dense":  # the final model is the sparse model: same bytes, no second write
-            link_or_copy(self.out_dir / "final.safetensors", self.out_dir / "sparse.safetensors")
+        if self.dist.is_main:
+            save_model(self.out_dir / "final.safetensors", self.model, meta)
+            if r.method_name != "dense":  # the final model is the sparse model: same bytes, no second write
+                link_or_copy(self.out_dir / "final.safetensors", self.out_dir / "sparse.safetensors")
         summary: dict[str, Any] = {
             "name": r.name, "method": r.method_name, "target_sparsity": r.sparsity, "epochs": r.epochs,
             "final": {"val_acc": val["acc"], "val_loss": val["loss"], "sparsity": final_sparsity},
@@ -511,7 +543,9 @@ class Trainer:
             summary["train_flops_rel"] = self.state["train_flops_cum"] / r.epochs
             summary["inference_flops_rel"] = f / self.f_dense
             summary["dense_inference_flops"] = self.f_dense
-        atomic_write_text(self.out_dir / "summary.json", strict_json(summary, indent=2))
+        if self.dist.is_main:
+            atomic_write_text(self.out_dir / "summary.json", strict_json(summary, indent=2))
+        self.dist.barrier()  # files are complete when any rank returns
         return summary
 
 

@@ -54,6 +54,14 @@ class LRScheduleCfg:
 
 
 @dataclass
+class DistributedCfg:
+    """Used when launched with torchrun (WORLD_SIZE > 1); ignored in a single process."""
+
+    strategy: str = "ddp"  # ddp | fsdp
+    backend: str = "auto"  # auto (nccl on cuda, gloo on cpu) | gloo | nccl
+
+
+@dataclass
 class Recipe:
     name: str = "run"
     seed: int = 0
@@ -75,6 +83,7 @@ class Recipe:
     eval_max_batches: int = 0  # 0 = whole validation set
     measure_flops: bool = True  # log inference/training FLOPs per epoch (acdc.measure)
     progress: bool = True  # tqdm bars
+    distributed: DistributedCfg = field(default_factory=DistributedCfg)  # torchrun: strategy, backend
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -93,13 +102,15 @@ class Recipe:
         return {k: v for k, v in self.method.items() if k not in ("name", "sparsity")}
 
 
-_SECTIONS = {"optimizer": OptimizerCfg, "lr_schedule": LRScheduleCfg}
+_SECTIONS = {"optimizer": OptimizerCfg, "lr_schedule": LRScheduleCfg, "distributed": DistributedCfg}
 _FREE_SECTIONS = ("model", "data", "method")
 _CHOICES = {
     "optimizer.name": ("sgd", "adamw", "adam"),
     "lr_schedule.name": ("cosine", "step", "constant"),
     "device": ("cpu", "cuda", "auto"),
     "amp": ("none", "bf16", "fp16"),
+    "distributed.strategy": ("ddp", "fsdp"),
+    "distributed.backend": ("auto", "gloo", "nccl"),
 }
 
 
