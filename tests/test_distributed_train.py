@@ -147,5 +147,17 @@ def _diverge(rank: int, world: int) -> None:
     assert dist.get_world_size() == world
 
 
+def _bad_input(rank: int, world: int, out: str) -> None:
+    with pytest.raises(ValueError, match=r"`batch_size` \(63\).*world size \(2\)"):
+        Trainer(parse_recipe(_raw(batch_size=63)), out).run()
+    with pytest.raises(ValueError, match="distributed.strategy: fsdp"):
+        Trainer(parse_recipe(_raw(distributed={"strategy": "fsdp"})), out).run()
+    assert not (Path(out) / "metrics.jsonl").exists() and not (Path(out) / "last").exists()
+
+
 def test_mask_hash_check_catches_divergence():
     run_ranks(2, _diverge)
+
+
+def test_bad_distributed_input_fails_before_training(tmp_path):
+    run_ranks(2, _bad_input, str(tmp_path / "bad"))
