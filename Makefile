@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev,vision,report,demo,onnx]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,vision,report,demo,onnx,hf,lightning,tensorboard]"
 	@touch $(STAMP)
 
 install: $(STAMP)
