@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write sparse-phase checkpoints as bitmask + non-zeros (~7x smaller at 90%%)")
     p.add_argument("--overwrite", action="store_true",
                    help="start fresh in an OUT that holds another run, deleting that run's files")
+    p.add_argument("--log", choices=["none", "tensorboard"], default=None,
+                   help="also log metrics to OUT/tensorboard/ (recipe key `log`; needs the `tensorboard` extra)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars / per-epoch lines")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="launch N processes on this machine with torchrun (data parallel; see `distributed:`)")
@@ -64,6 +66,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.model:  # a bare name replaces the recipe's whole model block (its kwargs belong to the old model)
         overrides.insert(0, f"model={{name: '{args.model}'}}")
+    if args.log:
+        overrides.append(f"log={args.log}")
     recipe = load_recipe(args.recipe, overrides)
     out = Path(args.out) if args.out else Path("runs") / recipe.name
     if args.resume and args.overwrite:

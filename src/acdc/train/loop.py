@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 
 from .. import data as data_mod
 from .. import models as models_mod
+from ..integrations.tensorboard import check_backend, open_logger
 from ..measure.dynamics import MaskTracker
 from ..measure.flops import inference_flops
 from ..methods import build_method
@@ -229,6 +230,7 @@ class Trainer:
         local_batch = self.dist.local_batch(r.batch_size)
         if r.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("recipe key `amp: fp16` needs device cuda (fp16 GradScaler); use `amp: bf16` on CPU")
+        check_backend(r.log)
         seed_everything(r.seed)
         self.bundle = self._bundle or data_mod.build(r.data, seed=r.seed)
         self.task = self.bundle.task
@@ -441,6 +443,9 @@ class Trainer:
         if self.dist.is_main:
             atomic_write_text(self.out_dir / "recipe.yaml", dump_recipe(r))
         mpath = self.out_dir / "metrics.jsonl"
+        logger = open_logger(r.log if self.dist.is_main else "none", self.out_dir, self.steps_per_epoch,
+                             start_epoch=self.state["epoch"],
+                             step_offset=self.start_epoch * self.steps_per_epoch, resume=self.resume)
         yields_dense = self.method.yields_dense
         for epoch in range(self.state["epoch"], r.epochs):
             t0 = time.perf_counter()
@@ -496,12 +501,14 @@ class Trainer:
                     fh.write(strict_json(rec) + "\n")
                     fh.flush()
                     os.fsync(fh.fileno())
+                logger.log(rec)
             self.state["epoch"] = epoch + 1
             self._checkpoint()
             if self.progress:
                 print(f"epoch {epoch + 1:3d}/{r.epochs} {phase:6s} loss {train['loss']:.4f} "
                       f"val_acc {val['acc']:.4f} sparsity {rec['sparsity']:.3f} ({rec['epoch_time']:.1f}s)",
                       flush=True)
+        logger.close()
         return TrainResult(self.out_dir, self._finish())
 
     def _finish(self) -> dict[str, Any]:

@@ -84,6 +84,7 @@ class Recipe:
     measure_flops: bool = True  # log inference/training FLOPs per epoch (acdc.measure)
     progress: bool = True  # tqdm bars
     distributed: DistributedCfg = field(default_factory=DistributedCfg)  # torchrun: strategy, backend
+    log: str = "none"  # none | tensorboard (event files in OUT/tensorboard/, extra `tensorboard`)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -111,6 +112,7 @@ _CHOICES = {
     "amp": ("none", "bf16", "fp16"),
     "distributed.strategy": ("ddp", "fsdp"),
     "distributed.backend": ("auto", "gloo", "nccl"),
+    "log": ("none", "tensorboard"),
 }
 
 

@@ -18,7 +18,7 @@ from .recipe import Recipe, RecipeError, dump_recipe, parse_recipe
 
 LOCK_NAME = ".acdc.lock"
 # what a run writes; any of these in a fresh run's folder belongs to another run
-_RUN_FILES = ("metrics.jsonl", "summary.json", "last", "checkpoints", "finetune_dense")
+_RUN_FILES = ("metrics.jsonl", "summary.json", "last", "checkpoints", "finetune_dense", "tensorboard")
 _IGNORED_KEYS = ("progress",)  # cosmetic: may change between a run and its resume
 
 
