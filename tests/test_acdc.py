@@ -440,8 +440,11 @@ def test_no_hooks_or_parametrizations_and_model_copies_in_sparse_phase():
         assert not mod._forward_hooks and not mod._forward_pre_hooks
         assert not mod._backward_hooks and not mod._backward_pre_hooks
         assert not parametrize.is_parametrized(mod)
+    # the only hooks are the gradient-masking post-accumulate hooks on weights with pruned entries (issue 8)
+    hooked = {n for n, p in model.named_parameters() if getattr(p, "_post_accumulate_grad_hooks", None)}
+    assert hooked == set(ac.masks)
     for p in model.parameters():
-        assert not getattr(p, "_backward_hooks", None) and not getattr(p, "_post_accumulate_grad_hooks", None)
+        assert not getattr(p, "_backward_hooks", None)
     assert list(model.state_dict()) == keys_before  # no weight_orig / weight_mask
     assert type(model.get_parameter("0.weight")) is nn.Parameter
 
@@ -459,6 +462,8 @@ def test_no_hooks_or_parametrizations_and_model_copies_in_sparse_phase():
     # copies are plain sparse models
     for n, m in ac.masks.items():
         assert (clone.get_parameter(n).detach()[~m] == 0).all()
+    for copied in (clone, unpickled):  # copies carry no hooks: plain models
+        assert not any(getattr(p, "_post_accumulate_grad_hooks", None) for p in copied.parameters())
 
 
 # ----------------------------------------------------------------------------- optimizers outside torch.optim

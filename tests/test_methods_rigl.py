@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -69,7 +70,8 @@ def test_grows_where_dense_gradient_is_largest() -> None:
     m = RigL(lin, opt, sparsity=0.5, total_steps=1000, distribution="uniform", init="magnitude", update_every=1,
              alpha=0.5, decay="constant")
     assert m.masks["weight"].tolist() == [[False] * 4, [True] * 4]
-    lin.weight.grad = torch.tensor([[0.5, -9.0, 0.1, 3.0], [0.0, 0.0, 0.0, 0.0]])
+    grad = torch.tensor([[0.5, -9.0, 0.1, 3.0], [0.0, 0.0, 0.0, 0.0]])
+    (lin.weight * grad).sum().backward()  # d/dW = grad, produced by autograd (hand-set .grad is not captured)
     opt.step()
     m.step()
     # drop round(0.5 * 4) = 2 smallest active (5, 6); grow 2 largest |grad| among the rest: (0, 1) and (0, 3)
@@ -95,3 +97,40 @@ def test_newly_grown_weights_have_zero_optimizer_state() -> None:
         for v in opt.state[p].values():
             if torch.is_tensor(v) and v.shape == p.shape:
                 assert not bool(v[new].any()) and not bool(v[~m.masks[n]].any())
+
+
+class RecordingRigL(RigL):
+    """RigL that records the growth scores it was given."""
+
+    def _grow_scores(self, name, param):
+        s = super()._grow_scores(name, param)
+        self.recorded[name] = s.clone()
+        return s
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_rigl_grows_by_dense_gradient_summed_over_micro_batches(set_to_none: bool) -> None:
+    """Under gradient accumulation (2 micro-batches) the growth scores are |the dense gradient of the whole step|,
+    although ``.grad`` only ever shows the masked gradient (pruned entries 0 before the step)."""
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    m = RecordingRigL(model, opt, sparsity=0.8, total_steps=40, update_every=2, steps_per_epoch=10)
+    m.recorded = {}
+    g = torch.Generator().manual_seed(0)
+    for step in range(2):
+        xs = [torch.randn(4, 12, generator=g) for _ in range(2)]
+        opt.zero_grad(set_to_none=set_to_none)
+        if step == 1:
+            ref = copy.deepcopy(model)  # no hooks travel with a deepcopy: plain dense gradients
+            for x in xs:
+                ref(x).pow(2).mean().backward()
+        for x in xs:
+            model(x).pow(2).mean().backward()
+        for n, p in m.masked.params.items():
+            assert not bool(p.grad[~m.masks[n]].any()), "pruned gradient visible before the step"
+        opt.step()
+        m.step()
+    ref_params = dict(ref.named_parameters())
+    assert set(m.recorded) == set(m.masked.params)
+    for n, s in m.recorded.items():
+        assert torch.equal(s, ref_params[n].grad.abs()), f"growth scores of {n} are not |dense gradient|"

@@ -78,3 +78,15 @@ def test_gradients_masked_to_b_plus_penalty() -> None:
     theta = torch.where(m.masks["weight"], lin.weight.detach(), m.stash["weight"])
     assert torch.allclose(theta, want)
     assert lin.weight.detach().tolist() == [[0.0] * 5, [0.0, 0.0, 7.0, -10.0, 9.0]]
+
+
+def test_gradients_outside_backward_set_are_zero_before_step() -> None:
+    """Clipping/logging between backward() and step() see the gradient of the trained set B, nothing outside it."""
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    m = TopKAST(model, opt, sparsity=0.8, backward_sparsity=0.6, update_every=3, l2=0.0)
+    model(torch.randn(8, 12)).pow(2).mean().backward()
+    for n, p in m.masked.params.items():
+        b = m.backward_masks[n]
+        assert not bool(p.grad[~b].any()), f"gradient of {n} outside B visible before the step"
+        assert bool(p.grad[b & ~m.masks[n]].any())  # B \ A is trained: its gradient is there

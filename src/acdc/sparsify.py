@@ -2,10 +2,17 @@
 optimizer state, and optimizer-state resets.
 
 No forward hooks and no parametrizations (they break deepcopy, pickle and ``torch.compile`` and cost 10-13% per
-step): masks are plain tensors. Gradients are masked by an optimizer *step pre-hook*, so optimizer state never
-accumulates for pruned entries; with zeroed state and zero gradients, every ``torch.optim`` optimizer leaves a zero
-weight at zero (SGD with momentum/Nesterov/weight decay, Adam, AdamW, RMSprop, Adagrad, ...). For optimizers
-outside ``torch.optim`` the weights are also re-masked after each step (``mask_weights="auto"``).
+step): masks are plain tensors. Gradients are masked *as autograd produces them*: a
+``Tensor.register_post_accumulate_grad_hook`` on each parameter with pruned entries multiplies its ``.grad`` by a
+float mask right after each backward's accumulation. So between ``backward()`` and ``step()`` the gradients are
+already those of the sparse model (``clip_grad_norm_``, gradient logging and any step style — plain,
+``step(closure)``, LBFGS's repeated closures — see masked gradients), accumulation over micro-batches stays masked
+(``(g1·m + g2)·m = (g1 + g2)·m``), and optimizer state never accumulates for pruned entries. With zeroed state and
+zero gradients every ``torch.optim`` optimizer in :data:`_SAFE_OPTIMIZERS` leaves a zero weight at zero (SGD with
+momentum/Nesterov/weight decay, Adam, AdamW, RMSprop, Adagrad, ...); for others (LBFGS, optimizers outside
+``torch.optim``) the weights are also re-masked after each step (``mask_weights="auto"``).
+
+Extension point (e.g. sharded parameters): :meth:`MaskedParams._grad_hook` builds the per-parameter hook.
 """
 
 from __future__ import annotations
@@ -35,19 +42,19 @@ def reset_optimizer_state(optimizer: torch.optim.Optimizer, params: Mapping[str,
     """
     targets = None if params is None else {id(p) for p in params.values()}
     count = 0
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if targets is not None and id(p) not in targets:
-                continue
-            state = optimizer.state.get(p)
-            if not state:
-                continue
-            for k, v in list(state.items()):
-                if torch.is_tensor(v):
-                    v.zero_()
-                    count += 1
-                elif isinstance(v, (int, float)) and not isinstance(v, bool):
-                    state[k] = type(v)(0)
+    for p, state in list(optimizer.state.items()):
+        if not state or (targets is not None and id(p) not in targets):
+            continue
+        if torch.is_tensor(p) and not _is_elementwise(state, p):  # LBFGS: zeroed lists/scales are not "fresh"
+            count += sum(1 for v in state.values() if torch.is_tensor(v))
+            state.clear()
+            continue
+        for k, v in list(state.items()):
+            if torch.is_tensor(v):
+                v.zero_()
+                count += 1
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                state[k] = type(v)(0)
     return count
 
 
@@ -63,10 +70,28 @@ def layer_zero_fractions(tensors: Mapping[str, torch.Tensor]) -> dict[str, float
     return {n: float((t.detach() == 0).sum()) / t.numel() for n, t in tensors.items()}
 
 
+def _is_elementwise(state: Mapping, p: torch.Tensor) -> bool:
+    """True when every tensor of ``state`` is the parameter's shape or a scalar (SGD, Adam, ...); False for state
+    that mixes entries (LBFGS's flat history lists, factored second moments)."""
+    for v in state.values():
+        if isinstance(v, (list, tuple)):
+            return False
+        if torch.is_tensor(v) and v.numel() > 1 and v.shape != p.shape:
+            return False
+    return True
+
+
 def mask_optimizer_state(
     optimizer: torch.optim.Optimizer, params: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]
 ) -> None:
-    """Zero the state entries (same shape as the parameter) of pruned positions, so stale momentum cannot move them."""
+    """Zero the state entries (same shape as the parameter) of pruned positions, so stale momentum cannot move them.
+
+    State that cannot be masked entry-wise (LBFGS keeps one flat curvature history for all parameters) is cleared:
+    after a mask change it describes a different problem, and a cleared state is a freshly built optimizer's.
+    """
+    for p, state in list(optimizer.state.items()):
+        if state and torch.is_tensor(p) and not _is_elementwise(state, p):
+            state.clear()
     for name, p in params.items():
         state = optimizer.state.get(p)
         if not state:
@@ -80,16 +105,23 @@ def mask_optimizer_state(
 class MaskedParams:
     """Holds the prunable parameters and the current masks; applies them in place.
 
-    ``masks`` is ``None`` when the model is dense. Float copies of the masks (in each parameter's dtype) drive the
-    hot-path multiplications, since multiplying by a bool tensor is 3.5-7x slower on CPU.
+    ``masks`` is ``None`` when the model is dense. ``grad_masks`` (default: the masks) restrict gradients; they may
+    be larger than the masks (Top-KAST trains a backward set B ⊇ A). Float copies of the masks (in each
+    parameter's dtype) drive the hot-path multiplications, since multiplying by a bool tensor is 3.5-7x slower on
+    CPU. Only parameters with something pruned take part: they get a post-accumulate-grad hook; a dense model runs
+    no Python code per backward.
     """
 
     def __init__(self, params: Mapping[str, nn.Parameter]) -> None:
         self.params = dict(params)
         self.masks: dict[str, torch.Tensor] | None = None
+        self.grad_masks: dict[str, torch.Tensor] | None = None
         self._names: list[str] = []
         self._plist: list[torch.Tensor] = []
         self._fmasks: list[torch.Tensor] = []
+        self._grad_fmasks: dict[str, torch.Tensor] = {}
+        self._grad_handles: list = []
+        self.hooks_enabled = True
 
     def numel(self) -> int:
         return sum(p.numel() for p in self.params.values())
@@ -97,31 +129,67 @@ class MaskedParams:
     def weights(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in self.params.items()}
 
-    @torch.no_grad()
-    def set_masks(self, masks: Mapping[str, torch.Tensor] | None, apply: bool = True) -> None:
-        """Install masks (bool, True = kept) and zero the pruned weights; ``None`` re-opens every weight."""
-        if masks is None:
-            self.masks = None
-            self._names, self._plist, self._fmasks = [], [], []
-            return
+    def _check(self, masks: Mapping[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
         missing = set(self.params) - set(masks)
         extra = set(masks) - set(self.params)
         if missing or extra:
-            raise ValueError(f"masks do not match the prunable parameters: missing {sorted(missing)}, "
+            raise ValueError(f"{what} do not match the prunable parameters: missing {sorted(missing)}, "
                              f"unexpected {sorted(extra)}")
-        bm: dict[str, torch.Tensor] = {}
+        out: dict[str, torch.Tensor] = {}
         for n, p in self.params.items():
             m = masks[n]
             if m.shape != p.shape:
                 raise ValueError(f"mask for {n!r} has shape {tuple(m.shape)}, parameter has {tuple(p.shape)}")
-            bm[n] = m.to(device=p.device, dtype=torch.bool)
-        self.masks = bm
+            out[n] = m.to(device=p.device, dtype=torch.bool)
+        return out
+
+    @torch.no_grad()
+    def set_masks(self, masks: Mapping[str, torch.Tensor] | None, apply: bool = True,
+                  grad_masks: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Install masks (bool, True = kept) and zero the pruned weights; ``None`` re-opens every weight.
+
+        ``grad_masks`` (default ``masks``) is what the gradient hooks keep; it must contain ``masks``.
+        """
+        if masks is None:
+            self.masks = self.grad_masks = None
+            self._names, self._plist, self._fmasks, self._grad_fmasks = [], [], [], {}
+            self._sync_grad_hooks()
+            return
+        bm = self._check(masks, "masks")
+        gm = bm if grad_masks is None else self._check(grad_masks, "grad_masks")
+        self.masks, self.grad_masks = bm, gm
         # only layers with something pruned take part in the hot path
         self._names = [n for n in self.params if not bool(bm[n].all())]
         self._plist = [self.params[n] for n in self._names]
         self._fmasks = [bm[n].to(self.params[n].dtype) for n in self._names]
+        fm = dict(zip(self._names, self._fmasks))
+        self._grad_fmasks = {n: fm[n] if gm is bm else gm[n].to(self.params[n].dtype)
+                             for n in self.params if not bool(gm[n].all())}
+        self._sync_grad_hooks()
         if apply:
             self.apply_to_weights()
+
+    # ------------------------------------------------------------------ gradient hooks
+    def _grad_hook(self, name: str, fmask: torch.Tensor) -> Callable[[torch.Tensor], None]:
+        """The hook masking ``name``'s accumulated gradient (override for sharded/DTensor parameters)."""
+        def hook(p: torch.Tensor) -> None:
+            p.grad.mul_(fmask)
+
+        return hook
+
+    def _sync_grad_hooks(self) -> None:
+        for h in self._grad_handles:
+            h.remove()
+        self._grad_handles = []
+        if not self.hooks_enabled:
+            return
+        for n, fm in self._grad_fmasks.items():
+            self._grad_handles.append(self.params[n].register_post_accumulate_grad_hook(self._grad_hook(n, fm)))
+
+    def enable_grad_hooks(self, enabled: bool) -> None:
+        """Attach (True) or detach (False) the gradient hooks; masks stay installed either way."""
+        self.hooks_enabled = enabled
+        self._sync_grad_hooks()
 
     @torch.no_grad()
     def apply_to_weights(self) -> None:
@@ -130,10 +198,12 @@ class MaskedParams:
 
     @torch.no_grad()
     def apply_to_grads(self) -> None:
+        """Mask the current ``.grad`` of every parameter (for gradients set by hand; backward is masked already)."""
         grads, fm = [], []
-        for p, m in zip(self._plist, self._fmasks):
-            if p.grad is not None:
-                grads.append(p.grad)
+        for n, m in self._grad_fmasks.items():
+            g = self.params[n].grad
+            if g is not None:
+                grads.append(g)
                 fm.append(m)
         if grads:
             torch._foreach_mul_(grads, fm)
@@ -146,18 +216,25 @@ class MaskedParams:
         return layer_zero_fractions(self.params)
 
 
+StepPreHook = Callable[[tuple, dict], "tuple[tuple, dict] | None"]
+
+
 class OptimizerHooks:
-    """Registers step pre/post hooks on an optimizer; removable, so a controller can be detached cleanly."""
+    """Registers step pre/post hooks on an optimizer; removable, so a controller can be detached cleanly.
+
+    ``pre(args, kwargs)`` gets the step's arguments as torch passes them to pre-hooks (``args[0]`` is the optimizer)
+    and may return replaced ``(args, kwargs)`` (e.g. a wrapped closure).
+    """
 
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
-        pre: Callable[[], None] | None,
+        pre: StepPreHook | None,
         post: Callable[[], None] | None,
     ) -> None:
         self._handles = []
         if pre is not None:
-            self._handles.append(optimizer.register_step_pre_hook(lambda opt, args, kwargs: pre()))
+            self._handles.append(optimizer.register_step_pre_hook(lambda opt, args, kwargs: pre(args, kwargs)))
         if post is not None:
             self._handles.append(optimizer.register_step_post_hook(lambda opt, args, kwargs: post()))
 

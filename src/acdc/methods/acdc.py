@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -71,13 +72,18 @@ class ACDC(SparseMethod):
         self._emit("decompress")
 
     def _on_step(self) -> None:
-        idx = self.schedule.phase_index(self.epoch)
+        idx = self.schedule.phase_index(self.exact_epoch)
         if idx != self._phase_idx:
             self._phase_idx = idx
             if self.schedule.timeline()[idx].kind == SPARSE:
                 self._compress()
             else:
                 self._decompress()
+
+    @property
+    def exact_epoch(self) -> Fraction:
+        """Training time as an exact fraction of epochs (what the schedule is compared against)."""
+        return Fraction(self.steps, self.steps_per_epoch or 1)
 
     @property
     def scheduled_phase(self) -> str:

@@ -7,6 +7,12 @@ optimizer state in place) lives in :mod:`acdc.sparsify`. Use in any plain traini
     for x, y in loader:
         optimizer.zero_grad(); loss_fn(model(x), y).backward(); optimizer.step()
         method.step()            # or pass auto_step=True to run it from optimizer.step()
+
+Gradients of pruned entries are zeroed as backward produces them (see :mod:`acdc.sparsify`), so any step style
+works: plain, gradient accumulation, clipping before the step, ``optimizer.step(closure)`` (LBFGS, Lightning).
+Methods that must touch gradients or weights right before the update (Top-KAST, STR) override
+:meth:`SparseMethod._before_update` (and :meth:`SparseMethod._before_closure`); under a closure step the closure is
+wrapped so these run around each evaluation, after its backward.
 """
 
 from __future__ import annotations
@@ -68,12 +74,36 @@ class SparseMethod:
         self.steps = 0
         self.history: list[dict] = []
         self._listeners: list[Listener] = []
-        self._hooks = OptimizerHooks(optimizer, self._pre_step, self._post_step)
+        needs_pre = (type(self)._before_update is not SparseMethod._before_update
+                     or type(self)._before_closure is not SparseMethod._before_closure)
+        needs_post = self.mask_weights or auto_step or type(self)._post_step is not SparseMethod._post_step
+        self._hooks = OptimizerHooks(optimizer, self._pre_step if needs_pre else None,
+                                     self._post_step if needs_post else None)
 
     # ------------------------------------------------------------------ hooks
-    def _pre_step(self) -> None:
-        if self.masked.masks is not None:
-            self.masked.apply_to_grads()
+    def _before_closure(self) -> None:
+        """Runs before each evaluation of a step's closure (nothing by default)."""
+
+    def _before_update(self) -> None:
+        """Runs after the step's gradients are final, right before the update: in the step pre-hook for a plain
+        step, after each closure evaluation for ``step(closure)``. Gradients are already masked (nothing to do)."""
+
+    def _pre_step(self, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        # args = (optimizer, *step_args) as torch passes them to step pre-hooks
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if closure is None:
+            self._before_update()
+            return None
+
+        def wrapped():
+            self._before_closure()
+            loss = closure()
+            self._before_update()
+            return loss
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": wrapped}
+        return (args[0], wrapped, *args[2:]), kwargs
 
     def _post_step(self) -> None:
         if self.mask_weights and self.masked.masks is not None:
@@ -82,8 +112,9 @@ class SparseMethod:
             self.step()
 
     def remove_hooks(self) -> None:
-        """Detach from the optimizer (masks stay applied to the weights)."""
+        """Detach from the optimizer and stop masking gradients (masks stay applied to the weights)."""
         self._hooks.remove()
+        self.masked.enable_grad_hooks(False)
 
     # ------------------------------------------------------------------ masks
     @torch.no_grad()

@@ -79,8 +79,11 @@ class DropGrow(SparseMethod):
             masks = {n: topk_mask({n: t}, keep_count(t.numel(), self.layer_sparsity_target[n]))[n]
                      for n, t in self.masked.weights().items()}
         self._install_masks(masks)
-        self._grads: dict[str, torch.Tensor] | None = None
+        self._dense_grads: dict[str, torch.Tensor] = {}
+        self._capture_handles: list = []
+        self._stepped = False
         self._emit("compress", masks=masks)
+        self._arm()
 
     # ------------------------------------------------------------------ schedule
     def is_update_step(self, step: int) -> bool:
@@ -91,23 +94,48 @@ class DropGrow(SparseMethod):
             return self.alpha
         return self.alpha / 2 * (1 + math.cos(math.pi * step / self.end_step))
 
-    # ------------------------------------------------------------------ hooks
-    def _pre_step(self) -> None:
+    # ------------------------------------------------------------------ dense-gradient capture
+    def _arm(self) -> None:
+        """Before an update step, record the *dense* gradient as backward produces it (the masking hooks then zero
+        its pruned entries in ``.grad``): a tensor hook on each weight sees every backward's raw gradient before
+        accumulation, and sums them like ``.grad`` would (restarting when ``.grad`` was reset by ``zero_grad``)."""
+        for h in self._capture_handles:
+            h.remove()
+        self._capture_handles, self._dense_grads, self._stepped = [], {}, False
         if self._needs_grads and self.is_update_step(self.steps + 1):
-            self._grads = {n: p.grad.detach().abs() if p.grad is not None else torch.zeros_like(p)
-                           for n, p in self.masked.params.items()}  # abs() copies: read before masking
-        super()._pre_step()
+            self._capture_handles = [p.register_hook(self._capture_hook(n, p)) for n, p in self.masked.params.items()]
+
+    def _capture_hook(self, name: str, param: torch.Tensor):
+        def hook(grad: torch.Tensor) -> None:
+            with torch.no_grad():
+                fresh = param.grad is None or not bool(param.grad.any())  # zero_grad()'s two forms
+                acc = self._dense_grads.get(name)
+                if fresh or acc is None:
+                    self._dense_grads[name] = grad.detach().clone()
+                else:
+                    acc.add_(grad.detach())
+
+        return hook
+
+    def _post_step(self) -> None:
+        self._stepped = True
+        super()._post_step()
 
     def _grow_scores(self, name: str, param: torch.Tensor) -> torch.Tensor:
-        """Higher = grown first. RigL: |dense gradient| captured in the pre-step hook."""
-        assert self._grads is not None
-        return self._grads[name]
+        """Higher = grown first. RigL: |dense gradient| of the update step (summed over its micro-batches; under
+        ``step(closure)``, the last evaluation's)."""
+        g = self._dense_grads.get(name)
+        return torch.zeros_like(param) if g is None else g.abs()
+
+    def step(self) -> None:
+        super().step()
+        self._arm()
 
     @torch.no_grad()
     def _on_step(self) -> None:
         if not self.is_update_step(self.steps):
             return
-        if self._needs_grads and self._grads is None:  # optimizer.step() was skipped (e.g. AMP overflow)
+        if self._needs_grads and not (self._stepped and self._dense_grads):  # step skipped (e.g. AMP overflow)
             self._emit("update_skipped", reason="no dense gradient captured")
             return
         frac = self.drop_fraction(self.steps)
@@ -123,7 +151,7 @@ class DropGrow(SparseMethod):
             new[n] = keep | grow
             dropped += int((m & ~new[n]).sum())
             grown += int((new[n] & ~m).sum())
-        self._grads = None
+        self._dense_grads = {}
         # a newly grown position had weight 0 and (being pruned) zero state; zero it again to be explicit
         self._install_masks(new, {n: new[n] & old[n] for n in new})
         self._emit("update", drop_fraction=frac, dropped=dropped, grown=grown, masks=new)
@@ -138,6 +166,7 @@ class DropGrow(SparseMethod):
         super().load_state_dict(state)
         self.generator.set_state(state["generator"])
         self.layer_sparsity_target = dict(state.get("layer_sparsity", self.layer_sparsity_target))
+        self._arm()
 
 
 class RigL(DropGrow):

@@ -8,8 +8,9 @@ model (and installs its support as a fixed mask, so any further fine-tuning keep
 
 The thresholds join the optimizer param group of the weights (build the method before loading optimizer state), so
 LR schedules and AMP grad unscaling apply to them; their weight decay is the group's, topped up to
-``threshold_decay`` by adding ``(threshold_decay − group wd)·s`` to their gradient in the pre-step hook (L2-style,
-also under AdamW). A separate param group would break LR schedulers created before the method.
+``threshold_decay`` by adding ``(threshold_decay − group wd)·s`` to their gradient right before the update (step
+pre-hook, or after each closure evaluation; L2-style, also under AdamW). A separate param group would break LR
+schedulers created before the method.
 """
 
 from __future__ import annotations
@@ -111,13 +112,12 @@ class STR(SparseMethod):
         self._group["params"].extend(self.thresholds.values())
 
     @torch.no_grad()
-    def _pre_step(self) -> None:
+    def _before_update(self) -> None:
         extra = self.threshold_decay - self._group.get("weight_decay", 0.0)
         if extra and not self.finalized:
             for s in self.thresholds.values():
                 if s.grad is not None:
                     s.grad.add_(s, alpha=extra)
-        super()._pre_step()
 
     @torch.no_grad()
     def effective_weights(self) -> dict[str, torch.Tensor]:

@@ -19,9 +19,12 @@ class TopKAST(SparseMethod):
 
     - forward: the model's weights hold θ ⊙ A, A = top-k of |θ| at ``sparsity``; the values outside A live in a
       *stash* (one dense tensor per layer, θ ⊙ ¬A) — no forward hooks;
-    - optimizer pre-step hook: restore θ from the stash, mask gradients to B (top-k of |θ| at
-      ``backward_sparsity``), add the exploration penalty gradient (λ/D)·θ on B \\ A (D = forward density, i.e. the
-      loss term λ/(2D)·Σ_{B\\A} θ²; A gets the optimizer's own weight decay only);
+    - gradients are masked to B (top-k of |θ| at ``backward_sparsity``) as backward produces them (so clipping and
+      logging see the trained set's gradients);
+    - right before the update (step pre-hook; after each evaluation under ``step(closure)``): restore θ from the
+      stash and add the exploration penalty gradient (λ/D)·θ on B \\ A (D = forward density, i.e. the loss term
+      λ/(2D)·Σ_{B\\A} θ²; A gets the optimizer's own weight decay only). Under ``step(closure)`` each evaluation's
+      forward runs on θ ⊙ A again;
     - post-step hook: weights outside B are put back to their stashed values (so optimizer weight decay cannot
       move them: only B is trained), the stash is refreshed and the weights outside A zeroed again;
     - every ``update_every`` steps A and B are recomputed from |θ| (``target``: uniform per layer as in the paper,
@@ -85,7 +88,8 @@ class TopKAST(SparseMethod):
         for n, p in self.masked.params.items():
             self.stash[n].copy_(theta[n].masked_fill(fwd[n], 0))
             p.copy_(theta[n].masked_fill(~fwd[n], 0))
-        self.masked.set_masks(fwd, apply=False)
+        self.masked.set_masks(fwd, apply=False, grad_masks=bwd)
+        self._theta_in_weights = False
         self._cache_step_masks()
         self._emit("update", masks=fwd, backward_masks=bwd)
 
@@ -93,6 +97,7 @@ class TopKAST(SparseMethod):
         """Derive, once per mask change, what the step hooks use: B as float multipliers and ¬A."""
         self._fb = {n: m.to(self.masked.params[n].dtype) for n, m in self.bmasks.items()}
         self._outside_a = {n: ~m for n, m in self.masked.masks.items()}
+        self._theta_in_weights = False
 
     @property
     def backward_masks(self) -> dict[str, torch.Tensor]:
@@ -118,16 +123,27 @@ class TopKAST(SparseMethod):
 
     # ------------------------------------------------------------------ hooks
     @torch.no_grad()
-    def _pre_step(self) -> None:
+    def _before_closure(self) -> None:
+        """Under ``step(closure)``: a re-evaluation (LBFGS line search) starts from θ; forward runs on θ ⊙ A."""
+        if not self._theta_in_weights:
+            return
+        a = self.masked.masks
+        assert a is not None
+        for n, p in self.masked.params.items():
+            self.stash[n].copy_(p.masked_fill(a[n], 0))
+            p.masked_fill_(self._outside_a[n], 0)
+        self._theta_in_weights = False
+
+    @torch.no_grad()
+    def _before_update(self) -> None:
         a = self.masked.masks
         assert a is not None
         coef = self.l2 / self.forward_density
         for n, p in self.masked.params.items():
             p.copy_(torch.where(a[n], p, self.stash[n]))  # θ, so the update sees the full parameter
-            if p.grad is not None:
-                p.grad.mul_(self._fb[n])  # only B is trained
-                if coef:
-                    p.grad.addcmul_(self.stash[n], self._fb[n], value=coef)  # stash·B = θ on B \ A
+            if coef and p.grad is not None:
+                p.grad.addcmul_(self.stash[n], self._fb[n], value=coef)  # stash·B = θ on B \ A
+        self._theta_in_weights = True
 
     @torch.no_grad()
     def _post_step(self) -> None:
@@ -137,6 +153,7 @@ class TopKAST(SparseMethod):
             p.copy_(torch.where(self.bmasks[n], p, self.stash[n]))  # outside B: unchanged
             self.stash[n].copy_(p.masked_fill(a[n], 0))
             p.masked_fill_(self._outside_a[n], 0)
+        self._theta_in_weights = False
         if self.auto_step:
             self.step()
 
@@ -159,4 +176,5 @@ class TopKAST(SparseMethod):
                 self.stash[n].copy_(t)
         self.bmasks = {n: m.to(device=self.masked.params[n].device, dtype=torch.bool)
                        for n, m in state["backward_masks"].items()}
+        self.masked.set_masks(self.masked.masks, apply=False, grad_masks=self.bmasks)
         self._cache_step_masks()
