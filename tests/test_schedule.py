@@ -203,3 +203,48 @@ def test_from_config():
         Schedule.from_config({"phases": [("sparse", 0, 5)]}, 6)
     with pytest.raises(ValueError, match="unknown key"):
         Schedule.from_config({"warmup": 1, "sparse": 1, "dense": 1, "final_sparse": 1, "bogus": 1}, 4)
+
+
+# ----------------------------------------------------------------------------- exact boundaries (issue 8)
+def test_stretched_preset_boundaries_are_exact():
+    """paper_imagenet(220): boundaries 2.2x the base's are whole epochs exactly (no 55.00000000000001)."""
+    s = Schedule.paper_imagenet(epochs=220)
+    base = Schedule.paper_imagenet()
+    for p, q in zip(s.timeline(), base.timeline(), strict=True):
+        assert (p.start, p.end) == (q.start * 22 // 10, q.end * 22 // 10)
+    assert s.phase(55.0) == "dense" and s.phase(54.0) == "sparse"
+    assert s.describe().startswith("D0-21, S22-32, D33-43, S44-54, D55-65,")
+    assert Schedule.from_phases(s.to_dict()["phases"]) == s
+
+
+@pytest.mark.parametrize("steps_per_epoch", [None, 1, 7])
+def test_acdc_changes_phase_exactly_at_stretched_boundaries(steps_per_epoch):
+    """One ``ac.step()`` per epoch (or per step) on a stretched preset: the phase changes on the boundary itself."""
+    import torch
+
+    from acdc import ACDC
+
+    sched = Schedule.paper_imagenet(epochs=220)
+    model = torch.nn.Linear(8, 8)
+    ac = ACDC(model, torch.optim.SGD(model.parameters(), lr=0.1), sparsity=0.5, schedule=sched,
+              steps_per_epoch=steps_per_epoch)
+    spe = steps_per_epoch or 1
+    seen = []
+    for _ in range(60 * spe):
+        ac.step()
+        seen.append((ac.steps, ac.phase))
+    changes = [step for (step, ph), (_, prev) in zip(seen[1:], seen) if ph != prev]
+    assert changes == [22 * spe, 33 * spe, 44 * spe, 55 * spe]  # D0-21, S22-32, D33-43, S44-54, D55-65
+
+
+def test_fractional_boundaries_change_on_the_first_step_at_or_after_them():
+    s = Schedule.from_phases([("dense", 0, 1 / 3), ("sparse", 1 / 3, 1)])
+    import torch
+
+    from acdc import ACDC
+
+    model = torch.nn.Linear(4, 4)
+    ac = ACDC(model, torch.optim.SGD(model.parameters(), lr=0.1), sparsity=0.5, schedule=s, steps_per_epoch=3)
+    ac.step()
+    assert ac.phase == "sparse"  # step 1 of 3 = 1/3 epoch, exactly the boundary
+    assert Schedule(epochs=1.0, warmup=0.1, sparse=0.2, dense=0.3, final_sparse=0.4).phase(0.3) == "dense"
