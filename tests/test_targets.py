@@ -183,3 +183,24 @@ def test_nm_target_no_warning_when_nothing_skipped():
         warnings.simplefilter("error")
         ac = ACDC(model, opt, sparsity=0.5, target="2:4", schedule=Schedule.from_phases([("sparse", 0, 1)]))
     assert ac.skipped == []
+
+
+def test_nm_target_that_skips_every_layer_is_an_error():
+    """A 2:4 target on layers none of which has a multiple of 4 input channels would be a 0%-sparse 'sparse' phase."""
+    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 5))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"2:4 skips every prunable layer.*0\.weight.*2\.weight.*'global'"):
+        ACDC(model, opt, sparsity=0.5, target="2:4", schedule=Schedule.from_phases([("sparse", 0, 1)]))
+
+
+def test_numpy_scalar_sparsity_is_accepted():
+    import numpy as np
+
+    for s in (np.float32(0.5), np.float64(0.5)):
+        model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        ac = ACDC(model, opt, sparsity=s, schedule=Schedule.from_phases([("sparse", 0, 1)]))
+        assert ac.sparsity() == 0.5 and type(ac.sparsity_target) is float
+        assert masks.check_sparsity(s) == 0.5
+    with pytest.raises(ValueError, match="sparsity"):
+        masks.check_sparsity(np.bool_(True))

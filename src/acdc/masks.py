@@ -17,6 +17,7 @@ single tensor, and the same counts could be all-reduced across shards.
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 from collections.abc import Mapping
 
@@ -31,8 +32,8 @@ _CHUNK = 1 << 22  # elements per temporary chunk: bounds transient memory for hu
 
 
 def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
-    """Validate a sparsity in [0, 1) — 1.0 would prune everything."""
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+    """Validate a sparsity in [0, 1) — 1.0 would prune everything. Any real number (numpy scalars too) -> float."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
         raise ValueError(f"`{name}` must be a number in [0, 1), got {sparsity!r}")
     s = float(sparsity)
     if not (0.0 <= s < 1.0) or math.isnan(s):

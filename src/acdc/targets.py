@@ -105,11 +105,18 @@ class Target:
         return 1.0 - self.n / self.m if self.is_nm else sparsity
 
     def prepare(self, params: Mapping[str, torch.Tensor]) -> list[str]:
-        """For N:M: list (and warn about) layers whose input channels are not a multiple of M; they stay dense."""
+        """For N:M: list (and warn about) layers whose input channels are not a multiple of M; they stay dense.
+        Raises when that is every layer."""
         if not self.is_nm:
             self.skipped = []
             return []
         skipped = [n for n, p in params.items() if p.dim() < 2 or p.shape[1] % self.m]
+        if skipped and len(skipped) == len(params):
+            raise ValueError(
+                f"N:M {self.n}:{self.m} skips every prunable layer (no input-channel count is a multiple of "
+                f"{self.m}: {skipped}), so the model would never be sparse; use target 'global' or 'uniform', or "
+                "an M that divides the layers' input channels"
+            )
         if skipped:
             warnings.warn(
                 f"N:M {self.n}:{self.m}: skipping {len(skipped)} layer(s) whose input channels are not a multiple "
