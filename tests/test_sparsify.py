@@ -188,3 +188,130 @@ def test_clipped_accumulated_steps_match_torch_prune(opt_kind: str, micro_batche
     for n, w in ac.masked.weights().items():
         assert not bool(w[~masks[n]].any())
         torch.testing.assert_close(w, want[n], rtol=0, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------------- wrappers
+class AcceleratedLike(torch.optim.Optimizer):
+    """The public shape of HF/accelerate's ``AcceleratedOptimizer``: a torch Optimizer subclass that never runs
+    ``Optimizer.__init__`` (no hook registries of its own) and forwards to the real optimizer in ``.optimizer``."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    @property
+    def state(self):
+        return self.optimizer.state
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure=None):
+        return self.optimizer.step(closure)
+
+
+PHASES = Schedule.from_phases([("dense", 0, 1), ("sparse", 1, 2), ("dense", 2, 3), ("sparse", 3, 4)])
+
+
+def run_acdc(model, opt, stepper=plain_step, steps: int = 32):
+    ac = ACDC(model, opt, sparsity=0.8, schedule=PHASES, steps_per_epoch=STEPS_PER_EPOCH)
+    phases = []
+    for i in range(steps):
+        stepper(model, opt, i)
+        ac.step()
+        phases.append(ac.phase)
+    return ac, phases
+
+
+@pytest.mark.parametrize("stepper", [plain_step, closure_step])
+def test_accelerate_style_wrapped_optimizer_equals_plain(stepper) -> None:
+    ref_model = make_model()
+    _, ref_phases = run_acdc(ref_model, make_opt(ref_model.parameters(), "sgd"), stepper)
+    model = make_model()
+    inner = make_opt(model.parameters(), "sgd")
+    ac, phases = run_acdc(model, AcceleratedLike(inner), stepper)
+    assert ac.optimizer is inner and phases == ref_phases
+    for k, v in ref_model.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+@pytest.fixture
+def gloo_group(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_zero_redundancy_optimizer_state_is_reset(gloo_group) -> None:
+    """ZeroRedundancyOptimizer keeps its state in ``.optim``: the dense-phase reset must reach it."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    ref_model = make_model()
+    _, ref_phases = run_acdc(ref_model, make_opt(ref_model.parameters(), "sgd"), steps=20)
+    model = make_model()
+    zero = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.SGD, lr=0.05, momentum=0.9,
+                                   weight_decay=1e-3)
+    ac, phases = run_acdc(model, zero, steps=20)
+    assert phases == ref_phases and phases[19] == "dense"  # step 20 re-opened the weights: state reset then
+    assert ac.mask_weights is False  # ZeRO over SGD keeps zeros like SGD
+    for p in model.parameters():
+        assert not bool(zero.optim.state[p]["momentum_buffer"].any())
+    plain_step(model, zero, 20)
+    plain_step(ref_model, make_opt(ref_model.parameters(), "sgd"), 20)  # fresh SGD = reset state
+    for k, v in ref_model.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def train_sparse(model, steps: int = 3):
+    opt = make_opt(model.parameters(), "sgd")
+    ac = ACDC(model, opt, sparsity=0.8, schedule=SPARSE_ONLY, steps_per_epoch=STEPS_PER_EPOCH)
+    for i in range(steps):
+        plain_step(model, opt, i)
+        ac.step()
+    return ac
+
+
+def check_masks_travel(wrapped: nn.Module, inner: nn.Module) -> None:
+    ac = train_sparse(wrapped)
+    sd = ac.state_dict()
+    assert set(sd["masks"]) == {"1.weight", "3.weight", "5.weight"}  # no wrapper prefix
+    plain = make_model(seed=3)
+    ac2 = ACDC(plain, make_opt(plain.parameters(), "sgd"), sparsity=0.8, schedule=SPARSE_ONLY,
+               steps_per_epoch=STEPS_PER_EPOCH)
+    ac2.load_state_dict(sd)
+    assert all(torch.equal(ac2.masks[n], m) for n, m in sd["masks"].items())
+    # and back: plain masks (and masks saved with the wrapper's prefix) load into a method on the wrapped model
+    ac3 = ACDC(wrapped, make_opt(wrapped.parameters(), "sgd"), sparsity=0.8, schedule=SPARSE_ONLY,
+               steps_per_epoch=STEPS_PER_EPOCH)
+    ac3.load_state_dict(ac2.state_dict())
+    assert all(torch.equal(ac3.masks[n], m) for n, m in sd["masks"].items())
+    prefixed = {**sd, "masks": {n: m for n, m in zip(
+        [k for k, _ in wrapped.named_parameters() if k.endswith("weight")], sd["masks"].values())}}
+    assert set(prefixed["masks"]) != set(sd["masks"])
+    ac2.load_state_dict(prefixed)
+    assert all(torch.equal(ac2.masks[n], m) for n, m in sd["masks"].items())
+    with pytest.raises(ValueError, match=r"unknown parameters \['nope.weight'\]"):
+        ac2.load_state_dict({**sd, "masks": {**sd["masks"], "nope.weight": sd["masks"]["1.weight"]}})
+
+
+def test_masks_travel_between_ddp_and_plain_model(gloo_group) -> None:
+    inner = make_model()
+    check_masks_travel(nn.parallel.DistributedDataParallel(inner), inner)
+
+
+def test_masks_travel_between_compiled_and_plain_model() -> None:
+    fresh = torch.compile(make_model(), backend="eager")
+    ac = train_sparse(fresh, steps=2)  # training through the compiled module masks gradients too
+    x, y = batch(0)
+    nn.functional.cross_entropy(fresh(x), y).backward()
+    for n, p in ac.masked.params.items():
+        assert not bool(p.grad[~ac.masks[n]].any())
+    inner = make_model()
+    compiled = torch.compile(inner, backend="eager")
+    assert any("_orig_mod." in n for n, _ in compiled.named_parameters())
+    check_masks_travel(compiled, inner)

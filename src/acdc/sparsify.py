@@ -17,7 +17,7 @@ Extension point (e.g. sharded parameters): :meth:`MaskedParams._grad_hook` build
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -28,9 +28,79 @@ _SAFE_OPTIMIZERS = {
 }
 
 
+def unwrap_optimizer(optimizer: object) -> torch.optim.Optimizer:
+    """The torch optimizer whose ``step`` hooks to use: wrappers that hold the real optimizer as ``.optimizer``
+    (HF/accelerate's ``AcceleratedOptimizer``, Lightning's ``LightningOptimizer``) are unwrapped (duck-typed, no
+    import); a ``torch.optim.Optimizer`` is returned as is. Raises ``TypeError`` for anything else."""
+    opt = optimizer
+    for _ in range(8):
+        inner = getattr(opt, "optimizer", None)
+        if isinstance(inner, torch.optim.Optimizer) and inner is not opt:
+            opt = inner
+            continue
+        break
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer (or a wrapper exposing one as .optimizer), "
+                        f"got {type(optimizer).__name__}")
+    return opt
+
+
+def state_owner(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The optimizer that holds the per-parameter state: ``ZeroRedundancyOptimizer`` keeps it in its local
+    ``.optim`` (this rank's shard), every plain optimizer in itself."""
+    opt = unwrap_optimizer(optimizer)
+    inner = getattr(opt, "optim", None)
+    return inner if isinstance(inner, torch.optim.Optimizer) and inner is not opt else opt
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The user's module inside DDP/DataParallel (``module.``) and ``torch.compile`` (``_orig_mod.``) wrappers, so
+    parameter names — and the masks keyed by them — are the same wrapped or not."""
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    for _ in range(8):
+        if isinstance(model, (DistributedDataParallel, DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch._dynamo OptimizedModule
+            model = model._orig_mod
+        else:
+            break
+    return model
+
+
+_WRAPPER_SEGMENTS = ("_orig_mod",)
+
+
+def canonical_name(name: str) -> str:
+    """``name`` without wrapper segments: a leading ``module.`` (DDP/DataParallel) and any ``_orig_mod.``."""
+    while name.startswith("module."):
+        name = name[len("module."):]
+    return ".".join(s for s in name.split(".") if s not in _WRAPPER_SEGMENTS)
+
+
+def rekey(saved: Mapping[str, object], names: Iterable[str], what: str = "masks") -> dict[str, object]:
+    """Map ``saved`` (keyed by names from a wrapped or unwrapped model) onto ``names``; raises naming the keys
+    that match nothing."""
+    names = list(names)
+    if set(saved) == set(names):
+        return dict(saved)
+    by_canon = {canonical_name(n): n for n in names}
+    out, unknown = {}, []
+    for k, v in saved.items():
+        target = k if k in names else by_canon.get(canonical_name(k))
+        if target is None:
+            unknown.append(k)
+        else:
+            out[target] = v
+    if unknown:
+        raise ValueError(f"{what} for unknown parameters {sorted(unknown)[:5]}; this model's prunable parameters "
+                         f"are {names[:5]}{' ...' if len(names) > 5 else ''}")
+    return out
+
+
 def optimizer_keeps_zeros(optimizer: torch.optim.Optimizer) -> bool:
     """True for built-in ``torch.optim`` optimizers, whose update of a zero weight with zero grad/state is 0."""
-    cls = type(optimizer)
+    cls = type(state_owner(optimizer))
     return cls.__module__.startswith("torch.optim") and cls.__name__ in _SAFE_OPTIMIZERS
 
 
@@ -40,6 +110,7 @@ def reset_optimizer_state(optimizer: torch.optim.Optimizer, params: Mapping[str,
     Zeroing in place (rather than deleting) keeps the state's structure, so it is equivalent to a freshly created
     optimizer for these parameters. Returns the number of tensors zeroed.
     """
+    optimizer = state_owner(optimizer)
     targets = None if params is None else {id(p) for p in params.values()}
     count = 0
     for p, state in list(optimizer.state.items()):
@@ -89,6 +160,7 @@ def mask_optimizer_state(
     State that cannot be masked entry-wise (LBFGS keeps one flat curvature history for all parameters) is cleared:
     after a mask change it describes a different problem, and a cleared state is a freshly built optimizer's.
     """
+    optimizer = state_owner(optimizer)
     for p, state in list(optimizer.state.items()):
         if state and torch.is_tensor(p) and not _is_elementwise(state, p):
             state.clear()

@@ -24,7 +24,15 @@ import torch
 from torch import nn
 
 from ..masks import check_sparsity
-from ..sparsify import MaskedParams, OptimizerHooks, mask_optimizer_state, optimizer_keeps_zeros
+from ..sparsify import (
+    MaskedParams,
+    OptimizerHooks,
+    mask_optimizer_state,
+    optimizer_keeps_zeros,
+    rekey,
+    unwrap_model,
+    unwrap_optimizer,
+)
 from ..targets import Target, prunable_parameters
 
 Listener = Callable[[str, dict], None]
@@ -51,8 +59,8 @@ class SparseMethod:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        optimizer = unwrap_optimizer(optimizer)  # AcceleratedOptimizer & co.: hook the real optimizer
+        model = unwrap_model(model)  # DDP / torch.compile: names (and saved masks) without wrapper prefixes
         if steps_per_epoch is not None and (not isinstance(steps_per_epoch, int) or steps_per_epoch < 1):
             raise ValueError(f"steps_per_epoch must be a positive integer (len(train_loader)), got {steps_per_epoch!r}")
         self.model = model
@@ -183,4 +191,5 @@ class SparseMethod:
             raise ValueError(f"state_dict is for method {state.get('method')!r}, not {self.name!r}")
         self.steps = int(state["steps"])
         self.history = list(state.get("history", []))
-        self.masked.set_masks(state.get("masks"), apply=True)
+        masks = state.get("masks")
+        self.masked.set_masks(None if masks is None else rekey(masks, self.masked.params), apply=True)

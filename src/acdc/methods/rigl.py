@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..masks import topk_mask
+from ..sparsify import rekey
 from .base import SparseMethod
 from .distributions import DISTRIBUTIONS, keep_count, layer_sparsities, random_masks, topk_within
 
@@ -165,7 +166,8 @@ class DropGrow(SparseMethod):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.generator.set_state(state["generator"])
-        self.layer_sparsity_target = dict(state.get("layer_sparsity", self.layer_sparsity_target))
+        if "layer_sparsity" in state:
+            self.layer_sparsity_target = rekey(state["layer_sparsity"], self.masked.params, "layer_sparsity")
         self._arm()
 
 

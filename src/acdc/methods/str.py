@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..masks import global_magnitude
-from ..sparsify import layer_zero_fractions, zero_fraction
+from ..sparsify import layer_zero_fractions, rekey, zero_fraction
 from .base import SparseMethod
 
 
@@ -165,7 +165,7 @@ class STR(SparseMethod):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         with torch.no_grad():
-            for n, s in state["thresholds"].items():
+            for n, s in rekey(state["thresholds"], self.thresholds, "thresholds").items():
                 self.thresholds[n].copy_(s)
         if state.get("finalized") and not self.finalized:
             self.finalize()

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..masks import check_sparsity
-from ..sparsify import mask_optimizer_state
+from ..sparsify import mask_optimizer_state, rekey
 from ..targets import Target
 from .base import SparseMethod
 
@@ -172,9 +172,9 @@ class TopKAST(SparseMethod):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         with torch.no_grad():
-            for n, t in state["stash"].items():
+            for n, t in rekey(state["stash"], self.stash, "stash").items():
                 self.stash[n].copy_(t)
         self.bmasks = {n: m.to(device=self.masked.params[n].device, dtype=torch.bool)
-                       for n, m in state["backward_masks"].items()}
+                       for n, m in rekey(state["backward_masks"], self.masked.params, "backward_masks").items()}
         self.masked.set_masks(self.masked.masks, apply=False, grad_masks=self.bmasks)
         self._cache_step_masks()
