@@ -204,3 +204,55 @@ def test_numpy_scalar_sparsity_is_accepted():
         assert masks.check_sparsity(s) == 0.5
     with pytest.raises(ValueError, match="sparsity"):
         masks.check_sparsity(np.bool_(True))
+
+
+# ----------------------------------------------------------------------------- tied weights (issue 8)
+def tied_lm() -> nn.Module:
+    from acdc.models import build
+
+    torch.manual_seed(0)
+    return build("transformer_lm", num_classes=50, n_layers=1, d_model=16, context=8, dropout=0.0)
+
+
+def test_tied_weight_aliases_in_include_exclude_and_messages():
+    model = tied_lm()
+    assert model.head.weight is model.tok_emb.weight
+    names = list(prunable_parameters(model))
+    assert "tok_emb.weight" in names and "head.weight" not in names  # once, under its first name
+    # excluding by the second name removes the tied weight; including by it selects it
+    assert "tok_emb.weight" not in prunable_parameters(model, exclude="head.weight")
+    assert list(prunable_parameters(model, include="head.weight")) == ["tok_emb.weight"]
+    with pytest.raises(ValueError, match=r"tok_emb\.weight \(also head\.weight\)"):
+        prunable_parameters(model, exclude="nothing*")
+
+
+def test_str_thresholds_every_use_of_a_tied_weight():
+    """STR on the Transformer LM: the tied output head uses the thresholded weight, not the raw one."""
+    from acdc.methods import STR
+
+    model = tied_lm()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    m = STR(model, opt, sparsity=0.5, s_init=-4.0)
+    w_eff = m.effective_weights()["tok_emb.weight"]
+    assert 0.1 < float((w_eff == 0).float().mean()) < 0.9
+    assert torch.equal(model.head.weight, w_eff) and torch.equal(model.tok_emb.weight, w_eff)
+    idx = torch.randint(0, 50, (2, 8))
+    model(idx).sum().backward()
+    opt.step()
+    before = m.effective_weights()["tok_emb.weight"].clone()
+    m.finalize()
+    assert model.head.weight is model.tok_emb.weight  # still tied, one tensor, thresholded once
+    assert torch.equal(model.head.weight.detach(), before)
+    assert torch.equal(before != 0, m.masks["tok_emb.weight"])
+
+
+def test_masks_saved_under_the_other_name_of_a_tied_weight_load():
+    model = tied_lm()
+    sched = Schedule.from_phases([("sparse", 0, 1)])
+    ac = ACDC(model, torch.optim.SGD(model.parameters(), lr=0.1), sparsity=0.5, schedule=sched)
+    sd = ac.state_dict()
+    sd["masks"]["head.weight"] = sd["masks"].pop("tok_emb.weight")
+    model2 = tied_lm()
+    ac2 = ACDC(model2, torch.optim.SGD(model2.parameters(), lr=0.1), sparsity=0.5, schedule=sched)
+    ac2.load_state_dict(sd)
+    assert torch.equal(ac2.masks["tok_emb.weight"], ac.masks["tok_emb.weight"])

@@ -78,13 +78,16 @@ def canonical_name(name: str) -> str:
     return ".".join(s for s in name.split(".") if s not in _WRAPPER_SEGMENTS)
 
 
-def rekey(saved: Mapping[str, object], names: Iterable[str], what: str = "masks") -> dict[str, object]:
-    """Map ``saved`` (keyed by names from a wrapped or unwrapped model) onto ``names``; raises naming the keys
-    that match nothing."""
+def rekey(saved: Mapping[str, object], names: Iterable[str], what: str = "masks",
+          aliases: Mapping[str, str] | None = None) -> dict[str, object]:
+    """Map ``saved`` (keyed by names from a wrapped or unwrapped model, or by another name of a tied weight:
+    ``aliases`` maps each name to the one used here) onto ``names``; raises naming the keys that match nothing."""
     names = list(names)
     if set(saved) == set(names):
         return dict(saved)
     by_canon = {canonical_name(n): n for n in names}
+    for a, n in (aliases or {}).items():
+        by_canon.setdefault(canonical_name(a), n)
     out, unknown = {}, []
     for k, v in saved.items():
         target = k if k in names else by_canon.get(canonical_name(k))

@@ -33,7 +33,7 @@ from ..sparsify import (
     unwrap_model,
     unwrap_optimizer,
 )
-from ..targets import Target, prunable_parameters
+from ..targets import Target, parameter_aliases, prunable_parameters
 
 Listener = Callable[[str, dict], None]
 
@@ -69,6 +69,9 @@ class SparseMethod:
         self.sparsity_target = check_sparsity(sparsity) if not self.target.is_nm else self.target.nominal_sparsity(0)
         self.steps_per_epoch = steps_per_epoch
         self.masked = MaskedParams(prunable_parameters(model, include, exclude))
+        # every name of each prunable parameter (tied weights have several) -> the name used here
+        self.aliases = {a: n for n, names in parameter_aliases(model).items() if n in self.masked.params
+                        for a in names}
         self.skipped: list[str] = self.target.prepare(self.masked.params)
         opt_ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
         not_opt = [n for n, p in self.masked.params.items() if id(p) not in opt_ids]
@@ -192,4 +195,5 @@ class SparseMethod:
         self.steps = int(state["steps"])
         self.history = list(state.get("history", []))
         masks = state.get("masks")
-        self.masked.set_masks(None if masks is None else rekey(masks, self.masked.params), apply=True)
+        self.masked.set_masks(None if masks is None else rekey(masks, self.masked.params, aliases=self.aliases),
+                              apply=True)

@@ -25,6 +25,7 @@ from torch.nn.utils import parametrize
 
 from ..masks import global_magnitude
 from ..sparsify import layer_zero_fractions, rekey, zero_fraction
+from ..targets import parameter_aliases
 from .base import SparseMethod
 
 
@@ -96,14 +97,18 @@ class STR(SparseMethod):
                          exclude=exclude, auto_step=auto_step)
         self.s_init, self.threshold_decay = float(s_init), float(threshold_decay)
         self.finalized = False
-        self._sites: dict[str, tuple[nn.Module, str]] = {}
+        self._sites: dict[str, list[tuple[nn.Module, str]]] = {}
         self.thresholds: dict[str, nn.Parameter] = {}
+        aliases = parameter_aliases(self.model)
         for n, p in self.masked.params.items():
-            mod_name, _, attr = n.rpartition(".")
-            mod = model.get_submodule(mod_name)
             pm = SoftThreshold(self.s_init, device=p.device, dtype=p.dtype)
-            parametrize.register_parametrization(mod, attr, pm)
-            self._sites[n] = (mod, attr)
+            # a tied weight is thresholded at every use (e.g. an LM's embedding and output head), by one threshold
+            self._sites[n] = []
+            for alias in aliases.get(n, [n]):
+                mod_name, _, attr = alias.rpartition(".")
+                mod = self.model.get_submodule(mod_name)
+                parametrize.register_parametrization(mod, attr, pm)
+                self._sites[n].append((mod, attr))
             self.thresholds[n] = pm.s
         # join the param group of the weights (same lr schedule, GradScaler unscaling, no new group that would
         # break an LR scheduler built earlier); the group's weight decay is topped up to threshold_decay below
@@ -124,7 +129,7 @@ class STR(SparseMethod):
         """``w_eff`` per layer (the weights the forward pass uses)."""
         if self.finalized:
             return self.masked.weights()
-        return {n: getattr(mod, attr).detach() for n, (mod, attr) in self._sites.items()}
+        return {n: getattr(*sites[0]).detach() for n, sites in self._sites.items()}
 
     @property
     def masks(self) -> dict[str, torch.Tensor]:
@@ -151,8 +156,10 @@ class STR(SparseMethod):
         """Bake ``w_eff`` into the weights, remove the parametrizations and fix the support as a mask."""
         if self.finalized:
             return
-        for mod, attr in self._sites.values():
-            parametrize.remove_parametrizations(mod, attr, leave_parametrized=True)
+        for sites in self._sites.values():
+            # the first use bakes w_eff into the shared original in place; the others must not threshold it again
+            for i, (mod, attr) in enumerate(sites):
+                parametrize.remove_parametrizations(mod, attr, leave_parametrized=i == 0)
         self.finalized = True
         # w kept its momentum while w_eff was 0: _install_masks zeroes that state for the pruned entries
         self._install_masks({n: p.detach() != 0 for n, p in self.masked.params.items()})
