@@ -515,3 +515,35 @@ def test_subclass_outside_torch_optim_is_remasked_too():
     for i in range(COMPRESS_1 + 3):
         train_step(model, opt, ac, i, manual=False)
     _check_sparse_invariants(ac, model, "global", 0.9)
+
+
+# ----------------------------------------------------------------------------- load order (issue 8)
+@pytest.mark.parametrize("order", ["model_first", "controller_first"])
+def test_dense_phase_checkpoint_loads_in_either_order(order):
+    """A schedule that starts sparse prunes at construction; loading a dense-phase checkpoint must still give the
+    checkpoint's dense weights and momentum, whichever of model-load / controller-build comes first."""
+    sched = Schedule.from_phases([("sparse", 0, 1), ("dense", 1, 2), ("sparse", 2, 3)])
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    ac = ACDC(model, opt, sparsity=0.9, schedule=sched, steps_per_epoch=SPE)
+    for i in range(SPE + 2):
+        train_step(model, opt, ac, i)
+    assert ac.phase == "dense"
+    msd, osd, sd = (copy.deepcopy(x.state_dict()) for x in (model, opt, ac))
+    model2 = make_model()
+    opt2 = torch.optim.SGD(model2.parameters(), lr=0.1, momentum=0.9)
+    if order == "model_first":
+        model2.load_state_dict(msd)
+        opt2.load_state_dict(osd)
+        ac2 = ACDC(model2, opt2, sparsity=0.9, schedule=sched, steps_per_epoch=SPE)
+        assert ac2.phase == "sparse"  # pruned the loaded weights at construction ...
+    else:
+        ac2 = ACDC(model2, opt2, sparsity=0.9, schedule=sched, steps_per_epoch=SPE)
+        model2.load_state_dict(msd)
+        opt2.load_state_dict(osd)
+    ac2.load_state_dict(sd)  # ... and the dense checkpoint puts them back
+    assert ac2.phase == "dense" and ac2.masks is None
+    for k, v in msd.items():
+        assert torch.equal(model2.state_dict()[k], v), k
+    for p, q in zip(opt.param_groups[0]["params"], opt2.param_groups[0]["params"]):
+        assert torch.equal(opt.state[p]["momentum_buffer"], opt2.state[q]["momentum_buffer"])

@@ -120,3 +120,26 @@ def test_state_dict_round_trip_is_bit_identical(name: str) -> None:
     assert (m1 is None) == (m2 is None)
     if m1 is not None:
         assert all(torch.equal(m1[n], m2[n]) for n in m1)
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS if n != "str"])  # STR's parametrization renames model keys
+def test_load_model_before_building_the_method_equals_the_other_order(name: str) -> None:
+    """Model and optimizer loaded *before* the method is built (which prunes at once), then the method's state:
+    the same training as building first and loading after (issue 8, load order)."""
+    model = make_model()
+    opt = make_opt(model, "adam")
+    method = build(name, model, opt)
+    train(model, opt, method, range(14))
+    msd, osd, sd = snapshot(model, opt, method)
+    train(model, opt, method, range(14, 30))
+    want = copy.deepcopy(model.state_dict())
+
+    model2 = make_model(seed=1)
+    model2.load_state_dict(msd)
+    opt2 = make_opt(model2, "adam")
+    opt2.load_state_dict(osd)
+    method2 = build(name, model2, opt2)  # prunes the loaded weights / masks their state at once
+    method2.load_state_dict(sd)
+    train(model2, opt2, method2, range(14, 30))
+    for k, v in want.items():
+        assert torch.equal(model2.state_dict()[k], v), f"{name}: {k} differs (model loaded before the method)"

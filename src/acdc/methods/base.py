@@ -30,6 +30,7 @@ from ..sparsify import (
     mask_optimizer_state,
     optimizer_keeps_zeros,
     rekey,
+    state_owner,
     unwrap_model,
     unwrap_optimizer,
 )
@@ -83,6 +84,7 @@ class SparseMethod:
         self.mask_weights = bool(mask_weights)
         self.auto_step = auto_step
         self.steps = 0
+        self._pristine: dict[str, Any] | None = None  # see _pristine_begin
         self.history: list[dict] = []
         self._listeners: list[Listener] = []
         needs_pre = (type(self)._before_update is not SparseMethod._before_update
@@ -133,8 +135,49 @@ class SparseMethod:
                        state_masks: Mapping[str, torch.Tensor] | None = None) -> None:
         """Install ``masks`` (zeroing the pruned weights) and zero the optimizer state outside ``state_masks``
         (default: ``masks``), so neither stale weights nor stale momentum survive a mask change."""
+        self._pristine_begin()
         self.masked.set_masks(masks, apply=True)
         mask_optimizer_state(self.optimizer, self.masked.params, masks if state_masks is None else state_masks)
+        self._pristine_end()
+
+    # ------------------------------------------------------------------ load order
+    @torch.no_grad()
+    def _pristine_begin(self) -> None:
+        """Before the first change a method makes to the model at construction (pruning at once, so step 1 is
+        exact): keep a copy of the prunable weights and their optimizer state, so a :meth:`load_state_dict`
+        before the first :meth:`step` can undo it when the model was loaded *before* the method was built.
+        Memory: one copy of the prunable weights (and state), freed at the first step() or load_state_dict()."""
+        if self.steps or self._pristine is not None:
+            return
+        state = state_owner(self.optimizer).state
+        opt_state = {}
+        for n, p in self.masked.params.items():
+            for k, v in state.get(p, {}).items():
+                if torch.is_tensor(v) and v.shape == p.shape:
+                    opt_state[(n, k)] = (v, v.detach().clone())
+        self._pristine = {"weights": {n: p.detach().clone() for n, p in self.masked.params.items()},
+                          "state": opt_state, "versions": {}, "state_versions": {}}
+
+    def _pristine_end(self) -> None:
+        """Record what construction left (tensor versions), to tell later whether the user loaded over it."""
+        if self._pristine is None or self.steps:
+            return
+        self._pristine["versions"] = {n: p._version for n, p in self.masked.params.items()}
+        self._pristine["state_versions"] = {key: v._version for key, (v, _) in self._pristine["state"].items()}
+
+    @torch.no_grad()
+    def _undo_construction(self) -> None:
+        """Restore the weights/state the constructor changed, where nothing was loaded over them since."""
+        pr, self._pristine = self._pristine, None
+        if pr is None or self.steps:
+            return
+        for n, p in self.masked.params.items():
+            if p._version == pr["versions"].get(n):
+                p.copy_(pr["weights"][n])
+        state = state_owner(self.optimizer).state
+        for (n, k), (v, saved) in pr["state"].items():
+            if state.get(self.masked.params[n], {}).get(k) is v and v._version == pr["state_versions"].get((n, k)):
+                v.copy_(saved)
 
     # ------------------------------------------------------------------ time
     @property
@@ -144,6 +187,7 @@ class SparseMethod:
 
     def step(self) -> None:
         """Advance one optimizer step; subclasses change masks here."""
+        self._pristine = None
         self.steps += 1
         self._on_step()
 
@@ -190,8 +234,12 @@ class SparseMethod:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`. Either order works: build the method then load the model, optimizer and
+        method state; or load the model (and optimizer) first, then build the method and load its state — what
+        the constructor pruned is put back first (where nothing was loaded over it) and the saved masks decide."""
         if state.get("method", self.name) != self.name:
             raise ValueError(f"state_dict is for method {state.get('method')!r}, not {self.name!r}")
+        self._undo_construction()
         self.steps = int(state["steps"])
         self.history = list(state.get("history", []))
         masks = state.get("masks")

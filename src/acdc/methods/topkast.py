@@ -77,6 +77,7 @@ class TopKAST(SparseMethod):
 
     @torch.no_grad()
     def _refresh(self) -> None:
+        self._pristine_begin()
         theta = self._theta()
         fwd = self.target.compute(theta, self.sparsity_target)
         bwd = self.target.compute(theta, self.backward_sparsity)
@@ -91,6 +92,7 @@ class TopKAST(SparseMethod):
         self.masked.set_masks(fwd, apply=False, grad_masks=bwd)
         self._theta_in_weights = False
         self._cache_step_masks()
+        self._pristine_end()
         self._emit("update", masks=fwd, backward_masks=bwd)
 
     def _cache_step_masks(self) -> None:
