@@ -41,8 +41,8 @@ def _gmp(model, optimizer, *, steps_per_epoch, epochs, sparsity, start_epoch=Non
 
 
 @register("oneshot")
-def _oneshot(model, optimizer, *, steps_per_epoch, epochs, sparsity, from_checkpoint=None, **opts):
-    """``from_checkpoint`` is loaded into the model by the training loop before this builder runs."""
+def _oneshot(model, optimizer, *, steps_per_epoch, epochs, sparsity, **opts):
+    """``from_checkpoint``: a trained model's ``.safetensors`` to load and prune (missing/non-matching: an error)."""
     _check_keys("oneshot", opts, ONESHOT_OPTIONS)
     return OneShot(model, optimizer, sparsity=sparsity, steps_per_epoch=steps_per_epoch, **opts)
 
