@@ -12,8 +12,10 @@ Configurations, each with its own copy of the same initial model and optimizer:
 
 * ``plain``   : zero_grad, forward, backward, optimizer.step() -- no library;
 * ``plain2``  : a second, identical plain copy: the A/A' difference is the measurement noise floor;
-* ``sparse``  : the same plus ``ac.step()``, ACDC at 90% global sparsity inside a sparse phase (gradient masking in
-  the optimizer step pre-hook; no weight re-masking for torch.optim optimizers);
+* ``sparse``  : the same plus ``ac.step()``, ACDC at 90% global sparsity inside a sparse phase (gradients masked by
+  post-accumulate-grad hooks as backward produces them; no weight re-masking for torch.optim optimizers);
+* ``prehook`` : (with ``--prehook``) the same sparse controller with the pre-issue-8 mechanism instead: gradients
+  masked in one ``_foreach_mul_`` from an optimizer step pre-hook (not exact under closures or clipping);
 * ``dense``   : the same plus ``ac.step()``, ACDC inside its dense warm-up (hooks installed, masks off).
 
 They are interleaved: each round runs ``--steps`` timed steps of every configuration, in a shuffled order; the
@@ -63,6 +65,11 @@ class Runner:
         if kind == "sparse":
             self.ac = ACDC(model, self.opt, sparsity=0.9, schedule=SPARSE_SCHED, steps_per_epoch=FOREVER)
             assert self.ac.phase == "sparse"
+        elif kind == "prehook":
+            self.ac = ACDC(model, self.opt, sparsity=0.9, schedule=SPARSE_SCHED, steps_per_epoch=FOREVER)
+            self.ac.masked.enable_grad_hooks(False)
+            masked = self.ac.masked
+            self.opt.register_step_pre_hook(lambda opt, args, kwargs: masked.apply_to_grads())
         elif kind == "dense":
             self.ac = ACDC(model, self.opt, sparsity=0.9, schedule=DENSE_SCHED, steps_per_epoch=FOREVER)
             assert self.ac.phase == "dense"
@@ -79,13 +86,14 @@ class Runner:
         return time.perf_counter() - t0
 
 
-def bench(workload: str, rounds: int, steps: int, warmup: int, seed: int) -> dict[str, float]:
+def bench(workload: str, rounds: int, steps: int, warmup: int, seed: int, prehook: bool = False) -> dict[str, float]:
     factory, shape, title = WORKLOADS[workload]
     torch.manual_seed(seed)
     base = factory()
     state = {k: v.clone() for k, v in base.state_dict().items()}
     runners = []
-    for name, kind in (("plain", "plain"), ("plain2", "plain"), ("sparse", "sparse"), ("dense", "dense")):
+    configs = [("plain", "plain"), ("plain2", "plain"), ("sparse", "sparse"), ("dense", "dense")]
+    for name, kind in configs + ([("prehook", "prehook")] if prehook else []):
         m = factory()
         m.load_state_dict(state)
         runners.append(Runner(name, m, kind))
@@ -122,6 +130,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="timed steps per configuration per round")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps per configuration first")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--prehook", action="store_true", help="also time the old step-pre-hook gradient masking")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads (1 avoids bimodal times when the shared CPU is oversubscribed)")
     args = ap.parse_args()
@@ -130,10 +139,11 @@ def main() -> None:
     results = {}
     for w in args.only or ["mlp", "resnet20"]:
         rounds = args.rounds or {"mlp": 40, "resnet20": 25}[w]
-        results[w] = bench(w, rounds, args.steps, args.warmup, args.seed)
+        results[w] = bench(w, rounds, args.steps, args.warmup, args.seed, args.prehook)
     print("\nsummary (overhead of the median step vs plain; plain2 = noise floor):")
     for w, o in results.items():
-        print(f"  {w:<9} sparse {o['sparse']:+.2f}%  dense {o['dense']:+.2f}%  (plain2 {o['plain2']:+.2f}%)"
+        old = f"  prehook {o['prehook']:+.2f}%" if "prehook" in o else ""
+        print(f"  {w:<9} sparse {o['sparse']:+.2f}%  dense {o['dense']:+.2f}%{old}  (plain2 {o['plain2']:+.2f}%)"
               f"  target: sparse <= 2%, dense 0%")
 
 

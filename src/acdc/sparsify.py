@@ -164,8 +164,12 @@ def mask_optimizer_state(
     after a mask change it describes a different problem, and a cleared state is a freshly built optimizer's.
     """
     optimizer = state_owner(optimizer)
+    prunable = {id(p) for p in params.values()}
     for p, state in list(optimizer.state.items()):
-        if state and torch.is_tensor(p) and not _is_elementwise(state, p):
+        if not state or not torch.is_tensor(p):
+            continue
+        flat_history = any(isinstance(v, (list, tuple)) for v in state.values())  # LBFGS: keyed on params[0]
+        if flat_history or (id(p) in prunable and not _is_elementwise(state, p)):
             state.clear()
     for name, p in params.items():
         state = optimizer.state.get(p)

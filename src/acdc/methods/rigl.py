@@ -122,6 +122,12 @@ class DropGrow(SparseMethod):
         self._stepped = True
         super()._post_step()
 
+    def remove_hooks(self) -> None:
+        super().remove_hooks()
+        for h in self._capture_handles:
+            h.remove()
+        self._capture_handles = []
+
     def _grow_scores(self, name: str, param: torch.Tensor) -> torch.Tensor:
         """Higher = grown first. RigL: |dense gradient| of the update step (summed over its micro-batches; under
         ``step(closure)``, the last evaluation's)."""
