@@ -45,9 +45,11 @@ DASH = "–"
 CSV_COLUMNS = [
     "method", "target_sparsity", "seeds",
     "top1_mean", "top1_std", "sparsity_mean",
-    "dense_top1_mean", "dense_top1_std", "dense_ft_top1_mean", "dense_ft_top1_std",
-    "inference_flops_rel", "train_flops_rel", "wall_time_s",
+    "dense_last_top1_mean", "dense_last_top1_std", "dense_best_top1_mean", "dense_best_top1_std",
+    "dense_ft_top1_mean", "dense_ft_top1_std",
+    "inference_flops_rel", "train_flops_rel", "wall_time_s", "reported_on", "eval_samples",
 ]
+ACC_KEYS = ("top1", "dense_last_top1", "dense_best_top1", "dense_ft_top1")
 
 
 @dataclass
@@ -254,22 +256,32 @@ def _load_json(p: Path) -> dict[str, Any]:
 
 
 def run_record(spec: RunSpec, out_dir: Path) -> dict[str, Any]:
-    """The numbers of one finished run (accuracies as fractions; ``None`` where not applicable)."""
+    """The numbers of one finished run (accuracies as fractions; ``None`` where not applicable).
+
+    Accuracies are on the test split when the run has one (models picked on validation), else on validation.
+    Dense models, the same two rules for every method that yields one: ``dense_last`` (AC/DC: the last epoch of
+    its last dense phase after the first compression; dense baseline: its final model) and ``dense_best`` (the
+    best of those candidates on validation).
+    """
     d = out_dir / "runs" / spec.name
     s = _load_json(d / "summary.json")
+    split = "test" if "test_acc" in s["final"] else "val"
+    key = f"{split}_acc"
+
+    def acc(block: Any) -> float | None:
+        return block.get(key) if isinstance(block, dict) else None
+
+    ev = s.get("eval") or {}
     rec: dict[str, Any] = {
-        "top1": s["final"]["val_acc"], "sparsity": s["final"]["sparsity"],
-        "dense_top1": None, "dense_ft_top1": None,
+        "top1": s["final"][key], "sparsity": s["final"]["sparsity"],
+        "dense_last_top1": acc(s.get("dense_last")), "dense_best_top1": acc(s.get("dense_best")),
+        "dense_ft_top1": None, "reported_on": split, "eval_samples": ev.get(f"{split}_samples"),
         "inference_flops_rel": s.get("inference_flops_rel"), "train_flops_rel": s.get("train_flops_rel"),
         "wall_time": s.get("wall_time"),
     }
-    if spec.method == "dense":
-        rec["dense_top1"] = s["final"]["val_acc"]
-    elif "dense" in s:  # methods yielding a dense model (AC/DC): its best dense checkpoint
-        rec["dense_top1"] = s["dense"]["val_acc"]
     ft = d / "finetune_dense" / "summary.json"
     if ft.is_file():
-        rec["dense_ft_top1"] = _load_json(ft)["final"]["val_acc"]
+        rec["dense_ft_top1"] = acc(_load_json(ft)["final"])
     if spec.init_from is not None:  # oneshot: add the dense pre-training it builds on
         ds = _load_json(out_dir / "runs" / spec.init_from / "summary.json")
         if rec["train_flops_rel"] is not None and ds.get("train_flops_rel") is not None:
@@ -296,10 +308,13 @@ def aggregate(specs: Sequence[RunSpec], out_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for (method, sparsity), recs in groups.items():
         row: dict[str, Any] = {"method": method, "target_sparsity": sparsity, "seeds": len(recs)}
-        for key, col in (("top1", "top1"), ("dense_top1", "dense_top1"), ("dense_ft_top1", "dense_ft_top1")):
+        for key in ACC_KEYS:
             m, sd = _mean_std([r[key] for r in recs])
-            row[f"{col}_mean"] = None if m is None else 100 * m
-            row[f"{col}_std"] = None if sd is None else 100 * sd
+            row[f"{key}_mean"] = None if m is None else 100 * m
+            row[f"{key}_std"] = None if sd is None else 100 * sd
+        row["reported_on"] = "/".join(sorted({r["reported_on"] for r in recs}))
+        sizes = {r["eval_samples"] for r in recs}
+        row["eval_samples"] = sizes.pop() if len(sizes) == 1 else None
         for key, col in (("sparsity", "sparsity_mean"), ("inference_flops_rel", "inference_flops_rel"),
                          ("train_flops_rel", "train_flops_rel"), ("wall_time", "wall_time_s")):
             row[col] = _mean_std([r[key] for r in recs])[0]
@@ -331,14 +346,15 @@ def to_csv(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def to_markdown(rows: Sequence[dict[str, Any]], *, title: str, notes: Sequence[str] = ()) -> str:
-    head = ["method", "target sparsity", "seeds", "top-1 % (mean ± std)", "achieved sparsity",
-            "dense top-1 %", "dense fine-tuned top-1 %", "inference FLOPs (rel.)", "training FLOPs (rel.)",
-            "wall time (s)"]
+    head = ["method", "target sparsity", "seeds", "top-1 % final model (mean ± std)", "achieved sparsity",
+            "dense top-1 %: last", "dense top-1 %: best on val", "dense fine-tuned top-1 %",
+            "inference FLOPs (rel.)", "training FLOPs (rel.)", "wall time (s)"]
     lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["method"], f"{r['target_sparsity']:g}", str(r["seeds"]),
                  _pm(r["top1_mean"], r["top1_std"]), _fmt(r["sparsity_mean"], 3),
-                 _pm(r["dense_top1_mean"], r["dense_top1_std"]),
+                 _pm(r["dense_last_top1_mean"], r["dense_last_top1_std"]),
+                 _pm(r["dense_best_top1_mean"], r["dense_best_top1_std"]),
                  _pm(r["dense_ft_top1_mean"], r["dense_ft_top1_std"]),
                  _fmt(r["inference_flops_rel"], 3), _fmt(r["train_flops_rel"], 3), _fmt(r["wall_time_s"], 1)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -347,15 +363,37 @@ def to_markdown(rows: Sequence[dict[str, Any]], *, title: str, notes: Sequence[s
     return "\n".join(lines) + "\n"
 
 
+def split_note(rows: Sequence[dict[str, Any]]) -> str:
+    """Which split the accuracies are on, and whether the best-on-val column was picked on that same split."""
+    splits = {r["reported_on"] for r in rows}
+    sizes = {r["eval_samples"] for r in rows} - {None}
+    n = f" ({sizes.pop():,} samples)" if len(sizes) == 1 else ""
+    if splits == {"test"}:
+        return (f"All accuracies are on the test split{n}; `best on val` picks its epoch on the separate "
+                "validation split, so no number here was selected on the set it reports.")
+    if splits == {"val"}:
+        return (f"All accuracies are on the validation split{n}, which is also where `best on val` picks its "
+                "epoch: that column is selected on the reported set and is optimistic (the final-model and "
+                "`last` columns involve no selection). Hold out a separate test split (mnist5k/digits: "
+                "`--set data.val_fraction=0.1`) to pick on validation and report on test.")
+    return ("Runs differ in the split they report (column `reported_on` of compare.csv): rows on `val` were "
+            "selected on the reported set.")
+
+
 def _notes(raw_recipe: Recipe, oneshot_ft: int | None, methods: Sequence[str]) -> list[str]:
     notes = [
         f"Recipe `{raw_recipe.name}`: {raw_recipe.epochs} epochs for every method, same model, data, optimizer and "
         "LR schedule; seed k uses recipe seed + k; mean ± sample std (ddof=1) over seeds.",
-        "top-1: the final model (the sparse model for sparse methods, the dense model for `dense`).",
-        "dense top-1: the best dense-phase checkpoint (AC/DC) or the dense baseline's final model; dense "
-        "fine-tuned: AC/DC's best dense checkpoint trained densely to the end of the schedule "
-        f"(`acdc finetune-dense`, not counted in training FLOPs or wall time); {DASH}: the method yields no "
-        "dense model.",
+        "top-1 final model: the model at the end of training (the sparse model for sparse methods, the dense "
+        "model for `dense`); no selection.",
+        "Dense models, one rule per column for every method that yields one: `last` = AC/DC: the last epoch of "
+        "its last dense phase; dense baseline: its final model (no selection). `best on val` = the epoch with "
+        "the highest validation accuracy among the same candidates: AC/DC's dense-phase epochs after its first "
+        f"compression (recipe key `dense_from: {raw_recipe.dense_from}`; the dense warm-up never counts by "
+        "default), every epoch of the dense baseline.",
+        "dense fine-tuned: AC/DC's dense model (`dense.safetensors`, recipe key "
+        f"`dense_pick: {raw_recipe.dense_pick}`) trained densely to the end of the schedule (`acdc finetune-dense`, "
+        f"not counted in training FLOPs or wall time); {DASH}: the method yields no such model.",
         "FLOPs relative to the dense model: inference of the final model; training averaged over all epochs "
         "(RigL per its paper's convention, Top-KAST as f_A + f_A + f_B).",
     ]
@@ -369,6 +407,7 @@ def write_tables(specs: Sequence[RunSpec], out_dir: Path, *, notes: Sequence[str
                  title: str = "Sparse-training comparison") -> list[dict[str, Any]]:
     rows = aggregate(specs, out_dir)
     (out_dir / "compare.csv").write_text(to_csv(rows))
+    notes = [*notes, split_note(rows)] if rows else list(notes)
     (out_dir / "compare.md").write_text(to_markdown(rows, title=title, notes=notes))
     return rows
 

@@ -14,6 +14,7 @@ from .cifar import build_cifar
 from .idx import build_idx
 from .imagefolder import build_imagefolder
 from .small import SPLIT_KEYS, build_digits, build_mnist5k
+from .subset import EVAL_SUBSET_SEED, dataset_labels, eval_subset, stratified_indices
 from .text import build_chars, build_wikitext
 
 Builder = Callable[[dict, int], DataBundle]
@@ -70,11 +71,15 @@ def build(cfg: dict, *, seed: int = 0) -> DataBundle:
 
 __all__ = [
     "DATASETS",
+    "EVAL_SUBSET_SEED",
     "DataBundle",
     "LMWindows",
     "UInt8ImageDataset",
     "allowed_keys",
     "build",
+    "dataset_labels",
+    "eval_subset",
+    "stratified_indices",
     "stratified_split",
     "validate",
 ]

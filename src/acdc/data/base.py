@@ -16,7 +16,9 @@ class DataBundle:
     """Everything the trainer needs to know about a dataset.
 
     ``num_classes`` is the vocabulary size for language modelling (``task == "lm"``), where
-    ``x`` is a (T,) long tensor of tokens and ``y`` the (T,) next tokens.
+    ``x`` is a (T,) long tensor of tokens and ``y`` the (T,) next tokens. ``test`` is a held-out split
+    separate from ``val`` (``None`` when the dataset has none): models are then *picked* on ``val`` and
+    *reported* on ``test``.
     """
 
     train: Dataset
@@ -26,6 +28,7 @@ class DataBundle:
     task: str = "classification"
     name: str = ""
     info: dict = field(default_factory=dict)
+    test: Dataset | None = None
 
 
 class UInt8ImageDataset(Dataset):

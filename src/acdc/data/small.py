@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 from .base import DataBundle, as_fraction, stratified_split
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-SPLIT_KEYS = frozenset({"name", "test_fraction", "seed", "augment"})  # config keys of both datasets
+SPLIT_KEYS = frozenset({"name", "test_fraction", "val_fraction", "seed", "augment"})  # config keys of both datasets
 
 
 def _split_bundle(
@@ -19,19 +19,31 @@ def _split_bundle(
     mean: float, std: float,
 ) -> DataBundle:
     test_fraction = as_fraction(cfg.get("test_fraction", 0.2), "test_fraction")
+    val_fraction = cfg.get("val_fraction")
     seed = int(cfg.get("seed", seed))
     tr, te = stratified_split(y, test_fraction, seed)
+    va = None
+    if val_fraction is not None:  # a validation split for model selection, carved out of the training part
+        val_fraction = as_fraction(val_fraction, "val_fraction")
+        if val_fraction + test_fraction >= 1.0:
+            raise ValueError(f"data options val_fraction ({val_fraction}) + test_fraction ({test_fraction}) "
+                             "must be below 1 (something must be left to train on)")
+        sub_tr, sub_va = stratified_split(y[tr], val_fraction / (1.0 - test_fraction), seed + 1)
+        tr, va = tr[sub_tr], tr[sub_va]
     x = torch.from_numpy(((X.astype(np.float32) - mean) / std).reshape(len(X), *shape))
     t = torch.from_numpy(y.astype(np.int64))
     num_classes = int(y.max()) + 1
+    held_out = TensorDataset(x[te], t[te])  # index arrays: these are copies already
     return DataBundle(
-        train=TensorDataset(x[tr], t[tr]),  # index arrays: these are copies already
-        val=TensorDataset(x[te], t[te]),
+        train=TensorDataset(x[tr], t[tr]),
+        val=held_out if va is None else TensorDataset(x[va], t[va]),
+        test=None if va is None else held_out,
         num_classes=num_classes,
         input_shape=shape,
         name=name,
         info={
-            "n_train": len(tr), "n_val": len(te), "seed": seed, "test_fraction": test_fraction,
+            "n_train": len(tr), "n_val": len(te if va is None else va), "n_test": 0 if va is None else len(te),
+            "seed": seed, "test_fraction": test_fraction, "val_fraction": val_fraction,
             "mean": mean, "std": std, "augment": False,
         },
     )

@@ -68,11 +68,21 @@ def color(i: int) -> str:
     return _COLORS[i % len(_COLORS)]
 
 
+def epoch_phase(m: dict[str, Any]) -> str:
+    """The phase of one metrics line, matching its model: a ``sparse`` label on a model with sparsity exactly 0
+    (GMP before its ramp, in runs logged before the loop labelled epochs by their model) reads as ``dense``."""
+    ph = str(m.get("phase", "dense"))
+    sp = m.get("sparsity")
+    if ph == "sparse" and isinstance(sp, (int, float)) and sp == 0:
+        return "dense"
+    return ph
+
+
 def phase_segments(metrics: Sequence[dict[str, Any]]) -> list[tuple[str, float, float]]:
     """Consecutive epochs of one phase merged: ``[(phase, start_x, end_x)]`` with epoch ``e`` covering [e, e+1]."""
     segs: list[tuple[str, float, float]] = []
     for m in metrics:
-        ph, e = str(m.get("phase", "dense")), float(m["epoch"])
+        ph, e = epoch_phase(m), float(m["epoch"])
         if segs and segs[-1][0] == ph and abs(segs[-1][2] - e) < 1e-9:
             segs[-1] = (ph, segs[-1][1], e + 1.0)
         else:
@@ -185,8 +195,8 @@ def _phase_ends(run: RunData, phase: str) -> tuple[list[float], list[float]]:
     xs, ys = [], []
     ms = run.metrics
     for j, m in enumerate(ms):
-        last = j + 1 == len(ms) or ms[j + 1].get("phase") != m.get("phase")
-        if m.get("phase") == phase and last and "inference_flops_rel" in m:
+        last = j + 1 == len(ms) or epoch_phase(ms[j + 1]) != epoch_phase(m)
+        if epoch_phase(m) == phase and last and "inference_flops_rel" in m:
             xs.append(float(m["epoch"]) + 1)
             ys.append(100 * float(m["inference_flops_rel"]))
     return xs, ys

@@ -21,7 +21,7 @@ import yaml
 
 from . import plots
 
-__all__ = ["RunData", "load_run", "summary_rows", "agreement_rows", "build_report", "FIGURES"]
+__all__ = ["RunData", "load_run", "summary_rows", "agreement_rows", "build_report", "FIGURES", "fmt_pct"]
 
 # file name -> (title, caption, plot function)
 FIGURES: dict[str, tuple[str, str, Callable[..., Path | None]]] = {
@@ -74,12 +74,21 @@ class RunData:
     def mask_diffs(self) -> list[float]:
         return [float(c["mask_diff"]) for c in self.compressions() if c.get("mask_diff") is not None]
 
+    def eligible_dense(self) -> list[dict[str, Any]]:
+        """Metrics lines that may hold the run's dense model (the loop's default rule): every epoch of the dense
+        baseline; AC/DC's dense epochs after its first sparse epoch (recipe ``dense_from: any``: every one)."""
+        dense = [m for m in self.metrics if plots.epoch_phase(m) == "dense" and _num(m.get("val_acc")) is not None]
+        if self.method == "dense" or self.recipe.get("dense_from") == "any":
+            return dense
+        first = next((m["epoch"] for m in self.metrics if plots.epoch_phase(m) == "sparse"), None)
+        return [] if first is None else [m for m in dense if m["epoch"] > first]
+
     def best_dense_epoch(self) -> int | None:
         d = self.summary.get("dense")
         if isinstance(d, dict) and "epoch" in d:
             return int(d["epoch"])
-        if not self.summary and self.method in ("acdc", "dense"):  # in progress: best dense epoch so far
-            dense = [m for m in self.metrics if m.get("phase") == "dense" and _num(m.get("val_acc")) is not None]
+        if not self.summary and self.method in ("acdc", "dense"):  # in progress: best eligible dense epoch so far
+            dense = self.eligible_dense()
             if dense:
                 return int(max(dense, key=lambda m: m["val_acc"])["epoch"])
         return None
@@ -188,9 +197,9 @@ def summary_rows(runs: Sequence[RunData]) -> list[dict[str, Any]]:
         sparse = s.get("sparse") or {}
         dense = s.get("dense") or {}
         if not s:  # run in progress: derive from the metrics
-            if last.get("phase") == "sparse" and r.method != "dense":
+            if plots.epoch_phase(last) == "sparse" and r.method != "dense":
                 sparse = {"val_acc": last.get("val_acc")}
-            dvals = [m["val_acc"] for m in r.metrics if m.get("phase") == "dense" and "val_acc" in m]
+            dvals = [m["val_acc"] for m in r.eligible_dense()]
             dense = {"val_acc": max(dvals)} if dvals else {}
         rows.append({
             "run": r.name,
@@ -201,6 +210,7 @@ def summary_rows(runs: Sequence[RunData]) -> list[dict[str, Any]]:
             "sparse_acc": _num(sparse.get("val_acc")),
             "dense_acc": _num(dense.get("val_acc")),
             "dense_epoch": dense.get("epoch", None if s else r.best_dense_epoch()),
+            "dense_rule": dense.get("rule"),
             "val_ppl": _num(final.get("val_ppl", last.get("val_ppl"))),
             "train_flops_rel": _num(s.get("train_flops_rel", last.get("train_flops_cum_rel"))),
             "inference_flops_rel": _num(s.get("inference_flops_rel", last.get("inference_flops_rel"))),
@@ -210,8 +220,23 @@ def summary_rows(runs: Sequence[RunData]) -> list[dict[str, Any]]:
     return rows
 
 
+def fmt_pct(v: float | None, digits: int = 2, count: int | None = None, total: int | None = None) -> str:
+    """A fraction as a percentage that never hides a non-zero value: ``digits`` decimals, or two significant
+    digits when those decimals would print 0 (10 of 206,736 -> ``0.0048%``, not ``0.00%``); with ``count`` and
+    ``total`` the count follows (``0.0048% (10 of 206,736)``)."""
+    if v is None:
+        return "—"
+    x = 100 * v
+    if x != 0 and round(x, digits) == 0:
+        digits = 1 - math.floor(math.log10(abs(x)))
+    out = f"{x:.{digits}f}%"
+    if count is not None and total:
+        out += f" ({count:,} of {total:,})"
+    return out
+
+
 def _pct(v: float | None, digits: int = 2) -> str:
-    return "—" if v is None else f"{100 * v:.{digits}f}%"
+    return fmt_pct(v, digits)
 
 
 def _secs(v: float | None) -> str:
@@ -225,7 +250,7 @@ def _secs(v: float | None) -> str:
 
 def _summary_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     lm = any(r["val_ppl"] is not None for r in rows)
-    head = ["run", "method", "epochs", "sparsity (target)", "final sparse acc", "best dense acc (epoch)"]
+    head = ["run", "method", "epochs", "sparsity (target)", "final sparse acc", "dense model acc (epoch)"]
     head += ["final val ppl"] if lm else []
     head += ["train FLOPs (rel. dense)", "inference FLOPs (rel. dense)", "wall time"]
     body = []
@@ -305,14 +330,20 @@ td:first-child,th:first-child{text-align:left}th{background:#f2f2f2}img{max-widt
 def _notes(runs: Sequence[RunData]) -> list[str]:
     out = []
     for r in runs:
-        d = r.mask_diffs()
+        d = [c for c in r.compressions() if _num(c.get("mask_diff")) is not None]
         if d:
-            out.append(f"{r.name}: mask difference per compression = " + ", ".join(f"{100 * v:.2f}%" for v in d))
+            out.append(f"{r.name}: mask difference per compression (changed weights of all prunable) = "
+                       + ", ".join(fmt_pct(c["mask_diff"], 2, c.get("mask_diff_count"), c.get("mask_size"))
+                                   for c in d))
         z = [(m["epoch"], m["dense_zero_fraction"]) for m in r.metrics
              if _num(m.get("dense_zero_fraction")) is not None]
         if z:
             out.append(f"{r.name}: weights exactly zero at the end of dense phases (Table 8) = "
-                       + ", ".join(f"epoch {e}: {100 * v:.2f}%" for e, v in z))
+                       + ", ".join(f"epoch {e}: {fmt_pct(v)}" for e, v in z))
+        dense = r.summary.get("dense")
+        if isinstance(dense, dict) and dense.get("rule"):
+            start = f", dense phase from epoch {dense['phase_start']}" if "phase_start" in dense else ""
+            out.append(f"{r.name}: dense model = {dense['rule']} (epoch {dense.get('epoch')}{start})")
         if r.memorization and isinstance(r.memorization.get("info"), dict):
             i = r.memorization["info"]
             out.append(f"{r.name}: {i.get('n')} training labels corrupted (seed {i.get('seed')}), "

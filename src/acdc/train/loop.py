@@ -249,8 +249,8 @@ class Trainer:
         self.train_loader = DataLoader(self.bundle.train, batch_size=local_batch, shuffle=self.train_sampler is None,
                                        sampler=self.train_sampler, drop_last=r.grad_accum > 1,
                                        generator=self.train_gen, num_workers=r.num_workers)
-        self.val_loader = DataLoader(self.bundle.val, batch_size=r.eval_batch_size, shuffle=False,
-                                     num_workers=r.num_workers)
+        self.val_loader = self._eval_loader(self.bundle.val)
+        self.test_loader = None if self.bundle.test is None else self._eval_loader(self.bundle.test)
         n_batches = len(self.train_loader)
         if r.max_steps_per_epoch:
             n_batches = min(n_batches, r.max_steps_per_epoch * r.grad_accum)
@@ -274,8 +274,35 @@ class Trainer:
         self._last_eval: tuple[dict[str, float], float | None] | None = None  # end-of-epoch (val, flops)
         self.method.add_listener(self._on_event)
         self.train_model = self.dist.wrap(self.model, self.device)  # DDP when launched distributed
-        self.state: dict[str, Any] = {"epoch": self.start_epoch, "best_dense": None, "elapsed": 0.0,
-                                      "train_flops_cum": 0.0}
+        self.state: dict[str, Any] = {"epoch": self.start_epoch, "best_dense": None, "last_dense": None,
+                                      "elapsed": 0.0, "train_flops_cum": 0.0}
+
+    def _eval_loader(self, ds: Any) -> DataLoader:
+        """Evaluation loader; ``eval_max_batches`` keeps a fixed class-stratified sample, not the first batches."""
+        r = self.recipe
+        if r.eval_max_batches:
+            ds = data_mod.eval_subset(ds, r.eval_max_batches * r.eval_batch_size)
+        return DataLoader(ds, batch_size=r.eval_batch_size, shuffle=False, num_workers=r.num_workers)
+
+    def _evaluate(self) -> tuple[dict[str, float], dict[str, float] | None]:
+        """(validation, test) results of the current model; test is None without a separate test split."""
+        val = evaluate(self.model, self.val_loader, self.task, self.device, 0, self._amp_ctx)
+        test = None
+        if self.test_loader is not None:
+            test = evaluate(self.model, self.test_loader, self.task, self.device, 0, self._amp_ctx)
+        return val, test
+
+    def _model_phase(self) -> str:
+        """``sparse`` when the method's masks prune at least one weight, else ``dense``: the label describes the
+        evaluated model (GMP before its ramp has masks that prune nothing: that model is dense)."""
+        masks = self.method.masks
+        return "sparse" if masks is not None and any(not bool(m.all()) for m in masks.values()) else "dense"
+
+    def _dense_eligible(self) -> bool:
+        """Whether this epoch's dense model may become the run's dense model (recipe key ``dense_from``)."""
+        if self.recipe.dense_from == "any" or self.recipe.method_name == "dense":
+            return True
+        return int(getattr(self.method, "compressions", 0)) >= 1
 
     def _amp_ctx(self):
         if self.recipe.amp == "none":
@@ -294,14 +321,18 @@ class Trainer:
     def _on_event(self, event: str, info: dict) -> None:
         self._last_eval = None  # the model changed after the last validation
         self.dist.check_masks(self.method.masks, f"{event} (step {info['step']})")
+        if event in ("compress", "update") and info.get("masks") is not None:
+            n = sum(m.numel() for m in info["masks"].values())
         if event == "compress":
             rec = self.tracker.on_compress(info["epoch"], info["masks"])
             self._pending.setdefault("compressions", []).append(
-                {k: rec[k] for k in ("compression", "epoch", "mask_diff", "mask_diff_per_layer") if k in rec})
+                {k: rec[k] for k in ("compression", "epoch", "mask_diff", "mask_diff_per_layer") if k in rec}
+                | _diff_count(rec["mask_diff"], n))
         elif event == "update" and info.get("masks") is not None:
             rec = self.update_tracker.on_compress(info["epoch"], info["masks"])
             self._pending.setdefault("mask_updates", []).append(
-                {"step": info["step"], "epoch": info["epoch"], "mask_diff": rec["mask_diff"]})
+                {"step": info["step"], "epoch": info["epoch"], "mask_diff": rec["mask_diff"]}
+                | _diff_count(rec["mask_diff"], n))
         self._pending.setdefault("events", []).append({"event": event, "step": info["step"], "epoch": info["epoch"]})
 
     # -------------------------------------------------------------- resume
@@ -449,17 +480,21 @@ class Trainer:
         yields_dense = self.method.yields_dense
         for epoch in range(self.state["epoch"], r.epochs):
             t0 = time.perf_counter()
-            phase = self.method.phase
             train = self._train_epoch(epoch)
             train_time = time.perf_counter() - t0
-            val = evaluate(self.model, self.val_loader, self.task, self.device, r.eval_max_batches, self._amp_ctx)
+            phase = self._model_phase()  # of the model evaluated below
+            if phase != self.state.get("phase"):
+                self.state["phase"], self.state["phase_start"] = phase, epoch
+            val, test = self._evaluate()
             rec: dict[str, Any] = {
                 "epoch": epoch, "phase": phase, "lr": self.optimizer.param_groups[0]["lr"],
                 "train_loss": train["loss"], "train_acc": train["acc"],
-                "val_loss": val["loss"], "val_acc": val["acc"],
+                "val_loss": val["loss"], "val_acc": val["acc"], "val_samples": len(self.val_loader.dataset),
             }
             if "ppl" in val:
                 rec["val_ppl"] = val["ppl"]
+            if test is not None:
+                rec.update(test_loss=test["loss"], test_acc=test["acc"], test_samples=len(self.test_loader.dataset))
             rec["sparsity"] = self.method.sparsity()
             rec["layer_sparsity"] = self.method.layer_sparsity()
             f = None
@@ -477,17 +512,9 @@ class Trainer:
                 rec.update(hook(self, epoch) or {})
             rec.update(self._pending)
             self._pending = {}
-            # best dense checkpoint (AC/DC dense phases, dense baseline)
-            score = -val["loss"] if self.task == "lm" else val["acc"]
-            if yields_dense and phase == "dense":
-                best = self.state["best_dense"]
-                if best is None or score > best["score"]:
-                    self.state["best_dense"] = {"score": score, "epoch": epoch, "val_acc": val["acc"],
-                                                "val_loss": val["loss"]}
-                    if self.dist.is_main:
-                        save_model(self.out_dir / "dense.safetensors", self.model,
-                                   {"epoch": epoch, "val_acc": val["acc"], "val_loss": val["loss"], "phase": phase})
-            self._last_eval = (val, f)  # reused by _finish unless a mask event changes the model first
+            if yields_dense and phase == "dense" and self._dense_eligible():
+                self._track_dense(epoch, val, test)
+            self._last_eval = (val, test, f)  # reused by _finish unless a mask event changes the model first
             # the epoch's last method step: may compress / decompress
             self.method.step()
             if phase == "dense" and self.method.phase == "sparse":
@@ -511,15 +538,33 @@ class Trainer:
         logger.close()
         return TrainResult(self.out_dir, self._finish())
 
+    def _track_dense(self, epoch: int, val: dict[str, float], test: dict[str, float] | None) -> None:
+        """Candidates for the run's dense model: the best (on validation) and the last eligible dense epoch;
+        ``dense.safetensors`` holds the one the recipe's ``dense_pick`` names."""
+        score = -val["loss"] if self.task == "lm" else val["acc"]
+        cand = {"score": score, "epoch": epoch, "val_acc": val["acc"], "val_loss": val["loss"], "phase": "dense",
+                "phase_start": self.state.get("phase_start", epoch),
+                "compressions_before": int(getattr(self.method, "compressions", 0))}
+        if test is not None:
+            cand.update(test_acc=test["acc"], test_loss=test["loss"])
+        best = self.state["best_dense"]
+        improved = best is None or score > best["score"]
+        if improved:
+            self.state["best_dense"] = cand
+        self.state["last_dense"] = cand
+        if (improved or self.recipe.dense_pick == "last") and self.dist.is_main:
+            meta = {k: v for k, v in cand.items() if k != "score"} | {"pick": self.recipe.dense_pick}
+            save_model(self.out_dir / "dense.safetensors", self.model, meta)
+
     def _finish(self) -> dict[str, Any]:
         r = self.recipe
         finalize = getattr(self.method, "finalize", None)
         if callable(finalize):
             finalize()
             self._last_eval = None
-        val, f = self._last_eval or (None, None)
+        val, test, f = self._last_eval or (None, None, None)
         if val is None:  # the model changed since the last epoch's validation (or the run was already complete)
-            val = evaluate(self.model, self.val_loader, self.task, self.device, r.eval_max_batches, self._amp_ctx)
+            val, test = self._evaluate()
         if f is None and r.measure_flops:
             f = float(inference_flops(self.model, self.example))
         final_sparsity = self.method.sparsity()
@@ -531,7 +576,11 @@ class Trainer:
                 link_or_copy(self.out_dir / "final.safetensors", self.out_dir / "sparse.safetensors")
         summary: dict[str, Any] = {
             "name": r.name, "method": r.method_name, "target_sparsity": r.sparsity, "epochs": r.epochs,
-            "final": {"val_acc": val["acc"], "val_loss": val["loss"], "sparsity": final_sparsity},
+            "final": {"val_acc": val["acc"], "val_loss": val["loss"], "sparsity": final_sparsity,
+                      **({} if test is None else {"test_acc": test["acc"], "test_loss": test["loss"]})},
+            "eval": {"val_samples": len(self.val_loader.dataset), "pick_on": "val",
+                     "report_on": "val" if test is None else "test",
+                     **({} if test is None else {"test_samples": len(self.test_loader.dataset)})},
             "files": {"final": "final.safetensors", "metrics": "metrics.jsonl", "last": "last"},
             "wall_time": self.state["elapsed"],
             # what `acdc export` needs to rebuild the architecture without loading the data
@@ -544,7 +593,13 @@ class Trainer:
             summary["sparse"] = dict(summary["final"])
             summary["files"]["sparse"] = "sparse.safetensors"
         if self.state.get("best_dense"):
-            summary["dense"] = {k: v for k, v in self.state["best_dense"].items() if k != "score"}
+            rule = (f"{r.dense_pick} dense epoch" + (" on validation" if r.dense_pick == "best" else "")
+                    + (" after the first compression" if r.dense_from == "after_compression"
+                       and r.method_name != "dense" else ""))
+            for key in ("best", "last"):
+                if self.state.get(f"{key}_dense"):
+                    summary[f"dense_{key}"] = {k: v for k, v in self.state[f"{key}_dense"].items() if k != "score"}
+            summary["dense"] = dict(summary.get(f"dense_{r.dense_pick}", summary["dense_best"]), rule=rule)
             summary["files"]["dense"] = "dense.safetensors"
         if r.measure_flops:
             summary["train_flops_rel"] = self.state["train_flops_cum"] / r.epochs
@@ -554,6 +609,11 @@ class Trainer:
             atomic_write_text(self.out_dir / "summary.json", strict_json(summary, indent=2))
         self.dist.barrier()  # files are complete when any rank returns
         return summary
+
+
+def _diff_count(frac: float | None, n: int) -> dict[str, int]:
+    """The changed-weight count behind a mask-difference fraction (exact: the fraction is count / n)."""
+    return {} if frac is None else {"mask_diff_count": int(round(frac * n)), "mask_size": n}
 
 
 def train(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, progress: bool | None = None,

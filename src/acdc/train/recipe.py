@@ -80,7 +80,12 @@ class Recipe:
     grad_clip: float = 0.0  # max global grad norm; 0 = off
     num_workers: int = 0
     max_steps_per_epoch: int = 0  # 0 = whole epoch; >0 truncates (smoke tests, dry runs)
-    eval_max_batches: int = 0  # 0 = whole validation set
+    eval_max_batches: int = 0  # 0 = whole validation set; N = a fixed class-stratified N * eval_batch_size sample
+    # which dense model dense.safetensors holds (AC/DC, dense): the `best` (by validation) or the `last` eligible
+    # dense epoch; eligible = dense-phase epochs `after_compression` (the first one; the warm-up never counts)
+    # or `any` dense epoch. The dense baseline never compresses: every epoch is eligible.
+    dense_pick: str = "best"
+    dense_from: str = "after_compression"
     measure_flops: bool = True  # log inference/training FLOPs per epoch (acdc.measure)
     progress: bool = True  # tqdm bars
     distributed: DistributedCfg = field(default_factory=DistributedCfg)  # torchrun: strategy, backend
@@ -113,6 +118,8 @@ _CHOICES = {
     "distributed.strategy": ("ddp", "fsdp"),
     "distributed.backend": ("auto", "gloo", "nccl"),
     "log": ("none", "tensorboard"),
+    "dense_pick": ("best", "last"),
+    "dense_from": ("after_compression", "any"),
 }
 
 
