@@ -60,15 +60,15 @@ def test_every_run_dir_and_table_cells(done) -> None:
     rows = _md_rows((out / "compare.md").read_text())
     assert set(rows) == set(METHODS)
     for method, cells in rows.items():
-        assert len(cells) == 10 and all(cells), (method, cells)
-        dense_cells = cells[5:7]
+        assert len(cells) == 11 and all(cells), (method, cells)
+        dense_cells = cells[5:8]  # last, best on val, fine-tuned
         if method == "acdc":
             assert DASH not in dense_cells
         elif method == "dense":
-            assert dense_cells[0] != DASH and dense_cells[1] == DASH
+            assert DASH not in dense_cells[:2] and dense_cells[2] == DASH
         else:
-            assert dense_cells == [DASH, DASH], method
-        others = cells[:5] + cells[7:]
+            assert dense_cells == [DASH, DASH, DASH], method
+        others = cells[:5] + cells[8:]
         assert DASH not in others, (method, cells)
         assert cells[2] == "2"
 
@@ -89,7 +89,8 @@ def test_csv_header_and_hand_computed_mean_std(done) -> None:
     ft = [json.loads((out / "runs" / f"acdc-s0.8-seed{k}" / "finetune_dense" / "summary.json").read_text())
           ["final"]["val_acc"] for k in range(2)]
     assert float(rows[("acdc", 0.8)]["dense_ft_top1_mean"]) == pytest.approx(100 * sum(ft) / 2, rel=1e-5)
-    assert rows[("gmp", 0.8)]["dense_top1_mean"] == ""  # no dense model: empty CSV cell
+    assert rows[("gmp", 0.8)]["dense_best_top1_mean"] == ""  # no dense model: empty CSV cell
+    assert rows[("gmp", 0.8)]["reported_on"] == "val"
     assert float(rows[("gmp", 0.8)]["sparsity_mean"]) == pytest.approx(0.8, abs=0.02)
     assert float(rows[("dense", 0.0)]["train_flops_rel"]) == pytest.approx(1.0)
     # one-shot includes its dense pre-training

@@ -7,7 +7,11 @@ method uses its registry defaults, plus ``--method-opt METHOD.key=value``. Speci
 - ``dense`` runs once per seed (not per sparsity); its run dir is ``dense-s0-seed<k>``.
 - ``acdc`` keeps the recipe's ``schedule`` when the recipe's method is acdc, else uses ``paper_imagenet``
   stretched to the recipe's epochs (the registry default). Each finished AC/DC run is also fine-tuned densely
-  from its best dense checkpoint to the end of the schedule (:func:`acdc.commands.train.finetune_dense`).
+  from its dense model (``dense.safetensors``: a dense-phase epoch after the first compression, recipe keys
+  ``dense_pick`` / ``dense_from``) to the end of the schedule (:func:`acdc.commands.train.finetune_dense`).
+- Like-for-like dense columns: ``last`` (no selection) and ``best on val`` for AC/DC and the dense baseline alike;
+  accuracies are on the test split when the data has one (picks on validation), else on validation (the table
+  notes then say that ``best on val`` was selected on the reported set).
 - ``oneshot`` prunes the *final* model of the dense run of the same seed (trained first if needed) and
   fine-tunes it for ``oneshot_epochs`` epochs (default: 25% of the recipe's epochs, at least 1) on the tail of
   the recipe's LR schedule (the run starts at epoch ``epochs - oneshot_epochs``, no warm-up). Its training FLOPs

@@ -34,10 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="launch N processes on this machine with torchrun (data parallel; see `distributed:`)")
     p.set_defaults(func=cmd_train)
 
-    f = sub.add_parser("finetune-dense", help="fine-tune the best dense checkpoint of an AC/DC run densely")
+    f = sub.add_parser("finetune-dense", help="fine-tune the dense model of an AC/DC run densely")
     f.add_argument("run_dir", help="directory of a finished `acdc train` run")
     f.add_argument("--epochs", type=int, default=None,
-                   help="epochs of dense fine-tuning (default: from the best dense epoch to the run's end)")
+                   help="epochs of dense fine-tuning (default: from the dense model's epoch to the run's end)")
     f.add_argument("--no-progress", action="store_true")
     f.set_defaults(func=cmd_finetune_dense)
 
@@ -82,8 +82,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def finetune_dense(run_dir: str | Path, epochs: int | None = None, progress: bool = True) -> dict:
     """Continue from ``run_dir/dense.safetensors`` with dense training to the end of the original schedule.
 
-    The LR schedule continues where the best dense checkpoint left it (the optimizer starts fresh, as at any
-    dense-phase start); writes ``run_dir/dense_finetuned.safetensors`` and ``run_dir/finetune_dense/``.
+    That file is the run's dense model (recipe keys ``dense_pick`` / ``dense_from``; by default the best dense
+    epoch on validation after the first compression, never the dense warm-up). The LR schedule continues where
+    that model left it (the optimizer starts fresh, as at any dense-phase start); writes
+    ``run_dir/dense_finetuned.safetensors`` and ``run_dir/finetune_dense/``.
     """
     run_dir = Path(run_dir)
     rpath, dpath = run_dir / "recipe.yaml", run_dir / "dense.safetensors"
@@ -101,7 +103,7 @@ def finetune_dense(run_dir: str | Path, epochs: int | None = None, progress: boo
         raw["epochs"] = start + epochs
     ft = parse_recipe(raw)
     if start >= ft.epochs:
-        raise ValueError(f"the best dense checkpoint is from the last epoch ({best_epoch}); pass --epochs N")
+        raise ValueError(f"the dense model is from the last epoch ({best_epoch}); pass --epochs N")
     out = run_dir / "finetune_dense"
     # the fine-tune folder belongs to this run: a re-run replaces it
     trainer = Trainer(ft, out, progress=progress, init_weights=dpath, start_epoch=start, overwrite=True)

@@ -155,7 +155,7 @@ def plot_accuracy(runs: Sequence[RunData], path: str | Path) -> Path | None:
             by = [y for y, m in zip(ys, r.metrics) if m["epoch"] == best]
             if bx:
                 ax.plot(bx, by, "*", ms=12, color=color(i), mec="k", mew=0.6,
-                        label="best dense checkpoint" if i == 0 else None)
+                        label="dense model (dense.safetensors)" if i == 0 else None)
     _epoch_axis(ax, runs)
     ax.set_ylabel("validation perplexity" if lm else "validation top-1 accuracy (%)")
     if lm:

@@ -26,7 +26,7 @@ __all__ = ["RunData", "load_run", "summary_rows", "agreement_rows", "build_repor
 # file name -> (title, caption, plot function)
 FIGURES: dict[str, tuple[str, str, Callable[..., Path | None]]] = {
     "accuracy.png": ("Validation accuracy", "Top-1 validation accuracy after each epoch; grey bands are the "
-                     "sparse (compressed) phases, stars the best dense checkpoint (paper Fig. 1 / 5a).",
+                     "sparse (compressed) phases, stars the dense model (dense.safetensors) (paper Fig. 1 / 5a).",
                      plots.plot_accuracy),
     "mask_difference.png": ("Mask dynamics", "Fraction of prunable weights whose kept/pruned status changed "
                             "between consecutive compressions (paper Fig. 5b; normalised by all prunable weights, "

@@ -3,7 +3,7 @@
 Order inside an epoch (so an epoch's metrics describe the model that trained in that epoch's phase)::
 
     for each batch: forward, backward, optimizer.step(), lr_scheduler.step(), method.step()   # except the last
-    validate; log metrics (incl. FLOPs and mask dynamics); save best dense checkpoint
+    validate; log metrics (incl. FLOPs and mask dynamics); save the dense model (recipe `dense_pick`, `dense_from`)
     method.step() for the last batch  -> a phase transition (compress/decompress) happens here
     save the resumable checkpoint DIR/last
 
