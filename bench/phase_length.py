@@ -10,7 +10,7 @@ Reported, all without model selection: the final sparse model, AC/DC's last dens
 phase) and the dense baseline's final model, top-1 % on the 1,000 held-out digits. Finished runs in ``--out`` are
 reused (delete the folder to re-measure).
 
-    .venv/bin/python bench/phase_length.py [--lengths 1,2,4] [--seeds 2] [--threads 1] [--out runs/bench-phase-length]
+    .venv/bin/python bench/phase_length.py [--lengths 1,2,4] [--seeds 2] [--dense-seeds N] [--threads 1] [--out DIR]
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lengths", default="1,2,4", help="sparse/dense phase lengths in epochs (default 1,2,4)")
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--dense-seeds", type=int, default=None, help="dense-baseline seeds (default: --seeds)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench-phase-length"))
     args = ap.parse_args(argv)
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     t_all = time.perf_counter()
     dense = []
-    for k in range(args.seeds):
+    for k in range(args.seeds if args.dense_seeds is None else args.dense_seeds):
         s, dt = run(recipe_for(base, None, k), out / f"dense-seed{k}")
         dense.append(s["final"]["val_acc"])
         print(f"dense seed {k}: {100 * dense[-1]:.2f}% ({dt:.0f}s)", flush=True)
