@@ -179,4 +179,5 @@ def test_fractional_schedule_switches_mid_epoch_at_the_right_step(tmp_path):
     events = [(e["event"], e["step"], e["epoch"]) for r in metrics(t) for e in r.get("events", [])]
     assert events == [("compress", 5, 1.25), ("decompress", 10, 2.5), ("compress", 11, 2.75)]
     m = metrics(t)
-    assert [r["phase"] for r in m] == ["dense", "dense", "sparse"]  # the phase an epoch started in
+    # the phase of the model each epoch evaluates (epoch 1 starts dense but is compressed at 1.25)
+    assert [r["phase"] for r in m] == ["dense", "sparse", "sparse"]
