@@ -188,6 +188,8 @@ def run_status(run_dir: Path) -> str:
 
 
 def _needs_finetune(spec: RunSpec, run_dir: Path) -> bool:
+    if (run_dir / "summary.json").is_file() and not (run_dir / "dense.safetensors").is_file():
+        return False  # a finished run without a dense model (no dense epoch after its first compression)
     return spec.method == "acdc" and not (run_dir / "finetune_dense" / "summary.json").is_file()
 
 
@@ -239,7 +241,7 @@ def execute(
                         raise FileNotFoundError(f"{spec.name} needs the dense model {init}; train dense first")
                 Trainer(spec.recipe, d, resume=status == "partial", progress=False, init_weights=init,
                         start_epoch=spec.start_epoch, epoch_hooks=hooks).run()
-            if todo_ft:
+            if todo_ft and (d / "dense.safetensors").is_file():  # none without a dense epoch after compression
                 if bar is not None:
                     bar.set_description(f"{spec.name} dense fine-tune")
                 finetune_dense(d, progress=False)

@@ -89,6 +89,9 @@ def finetune_dense(run_dir: str | Path, epochs: int | None = None, progress: boo
     """
     run_dir = Path(run_dir)
     rpath, dpath = run_dir / "recipe.yaml", run_dir / "dense.safetensors"
+    if rpath.is_file() and (run_dir / "summary.json").is_file() and not dpath.is_file():
+        raise FileNotFoundError(f"{run_dir} has no dense model: no dense epoch after the first compression "
+                                "(recipe key `dense_from: any` also counts the dense warm-up)")
     for p in (rpath, dpath):
         if not p.is_file():
             raise FileNotFoundError(f"{p} not found: finetune-dense needs a finished AC/DC run directory")
