@@ -241,3 +241,13 @@ def test_report_prints_small_values_with_significant_digits(tmp_path) -> None:
     assert "0.0024%" in md  # 5 / 206,736 without a stored count
     assert "epoch 0: 0.0015%" in md  # zeros left at the end of a dense phase
     assert not re.search(r"(?<![\d.])0\.00%", md)
+
+
+def test_no_dense_epoch_after_compression_means_no_dense_model(tmp_path) -> None:
+    raw = _raw(epochs=2, max_steps_per_epoch=2, method={"name": "acdc", "sparsity": 0.5, "schedule": {
+        "phases": [["dense", 0, 1], ["sparse", 1, 2]]}})
+    Trainer(parse_recipe(raw), tmp_path / "r").run()
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert "dense" not in s and not (tmp_path / "r" / "dense.safetensors").exists()
+    with pytest.raises(FileNotFoundError, match="no dense model: no dense epoch after the first compression"):
+        finetune_dense(tmp_path / "r", epochs=1, progress=False)
