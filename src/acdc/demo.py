@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         ("AC/DC sparse model: accuracy", f"{a['sparse']['val_acc'] * 100:.2f}%"),
         ("AC/DC sparse model: achieved sparsity", f"{a['sparse']['sparsity'] * 100:.2f}%"),
         ("AC/DC dense model: accuracy",
-         f"{a['dense']['val_acc'] * 100:.2f}% (epoch {a['dense']['epoch']}: {a['dense']['rule']})"),
+         f"{a['dense']['val_acc'] * 100:.2f}% (epoch {a['dense']['epoch']}: {a['dense']['rule']})" if "dense" in a
+         else "none (no dense epoch after the first compression)"),
         ("AC/DC training FLOPs vs dense", f"{a.get('train_flops_rel', float('nan')):.3f}x"),
         ("AC/DC sparse inference FLOPs vs dense", f"{a.get('inference_flops_rel', float('nan')):.3f}x"),
         ("Dense model", str(out / "dense" / "final.safetensors")),
