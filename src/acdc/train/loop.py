@@ -271,7 +271,7 @@ class Trainer:
         if self.method.masks is not None:  # masks the method set up at construction: baseline for updates
             self.update_tracker.on_compress(self.start_epoch, self.method.masks)
         self._pending: dict[str, Any] = {}
-        self._last_eval: tuple[dict[str, float], float | None] | None = None  # end-of-epoch (val, flops)
+        self._last_eval: tuple | None = None  # end-of-epoch (val, test, flops)
         self.method.add_listener(self._on_event)
         self.train_model = self.dist.wrap(self.model, self.device)  # DDP when launched distributed
         self.state: dict[str, Any] = {"epoch": self.start_epoch, "best_dense": None, "last_dense": None,
