@@ -21,6 +21,17 @@ __all__ = ["FORMATS", "NMPatternError", "Source", "check_nm", "export", "export_
            "load_compressed", "load_source", "parse_nm", "read_sparsity_config", "run_onnx", "save_compressed"]
 
 
+def _check_options(fmt: str, gzip: bool, sparse_initializers: bool, batch: int) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if gzip and fmt != "compressed":
+        raise ValueError("--gzip applies to --format compressed only")
+    if sparse_initializers and fmt != "onnx":
+        raise ValueError("--sparse-initializers applies to --format onnx only")
+    if batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {batch}")
+
+
 def export(
     source: str | Path,
     fmt: str,
@@ -37,14 +48,7 @@ def export(
     before anything is written and recorded in the output. ``batch`` is the input batch the CPU-sparse layers
     are timed on. Returns a report (path, bytes, sparsity config, per-format details).
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if gzip and fmt != "compressed":
-        raise ValueError("--gzip applies to --format compressed only")
-    if sparse_initializers and fmt != "onnx":
-        raise ValueError("--sparse-initializers applies to --format onnx only")
-    if batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {batch}")
+    _check_options(fmt, gzip, sparse_initializers, batch)
     src = load_source(source)
     structure = structure or src.structure
     parse_nm(structure)

@@ -113,7 +113,10 @@ def decompress_weight(name: str, parts: dict[str, torch.Tensor], out: torch.Tens
         out = torch.zeros(shape, dtype=values.dtype)
     else:
         out.zero_()
-    out.view(rows, cols).masked_scatter_(nz, values)
+    # flat indices of the set bits (numpy's bool nonzero is vectorised), then one index_copy_: about 2x faster
+    # than masked_scatter_ on 90%-sparse weights, and no per-row Python loop
+    idx = torch.from_numpy(np.flatnonzero(nz.numpy()))
+    out.view(-1).index_copy_(0, idx, values)
     mask = _unpack(parts[f"{name}.mask"], cols) if f"{name}.mask" in parts else nz
     return out, mask.reshape(shape)
 
@@ -129,6 +132,45 @@ def _alias_groups(sd: dict[str, torch.Tensor]) -> dict[str, str]:
         elif key is not None:
             seen[key] = k
     return aliases
+
+
+def _canonical_aliases(sd: dict[str, torch.Tensor], targets: list[str]) -> dict[str, str]:
+    """Tied-tensor aliases, re-pointed so that a target reached through an alias is the canonical (stored) name."""
+    aliases = _alias_groups(sd)
+    for t in targets:
+        if t in aliases:
+            canon = aliases[t]
+            for k, v in list(aliases.items()):
+                if v == canon:
+                    aliases[k] = t
+            aliases[canon] = t
+            del aliases[t]
+    return aliases
+
+
+def _check_targets(sd: dict[str, torch.Tensor], targets: list[str], masks: dict[str, torch.Tensor] | None) -> None:
+    for t in targets:
+        if t not in sd:
+            raise ValueError(f"mask {t!r} names no tensor of the model's state dict")
+        if masks is not None and tuple(masks[t].shape) != tuple(sd[t].shape):
+            raise ValueError(f"mask {t!r} has shape {tuple(masks[t].shape)}, the weight {tuple(sd[t].shape)}")
+
+
+def _dense_rest(sd: dict[str, torch.Tensor], targets: list[str], aliases: dict[str, str],
+                tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Add every non-target, non-alias tensor to ``tensors`` (bool as uint8); returns the bool keys."""
+    bool_keys = []
+    for k, v in sd.items():
+        if k in targets or k in aliases:
+            continue
+        if any(k.endswith(s) and k[: -len(s)] in targets for s in _SUFFIXES):
+            raise ValueError(f"state-dict key {k!r} collides with the compressed layout of {k.rsplit('.', 1)[0]!r}")
+        v = v.detach().to("cpu").contiguous()
+        if v.dtype == torch.bool:
+            bool_keys.append(k)
+            v = v.to(torch.uint8)
+        tensors[k] = v.clone()
+    return bool_keys
 
 
 def save_compressed(
@@ -148,24 +190,11 @@ def save_compressed(
     """
     parse_nm(structure)
     sd = model.state_dict()
-    aliases = _alias_groups(sd)
     targets = list(masks) if masks is not None else list(prunable_parameters(model))
-    for t in targets:
-        if t not in sd:
-            raise ValueError(f"mask {t!r} names no tensor of the model's state dict")
-        if masks is not None and tuple(masks[t].shape) != tuple(sd[t].shape):
-            raise ValueError(f"mask {t!r} has shape {tuple(masks[t].shape)}, the weight {tuple(sd[t].shape)}")
+    _check_targets(sd, targets, masks)
     checked = check_nm({t: sd[t] for t in targets}, structure)
     ignore = [t for t in targets if t not in checked] if parse_nm(structure) else []
-    # a target reached through an alias is canonical: store it compressed under the target's name
-    for t in targets:
-        if t in aliases:
-            canon = aliases[t]
-            for k, v in list(aliases.items()):
-                if v == canon:
-                    aliases[k] = t
-            aliases[canon] = t
-            del aliases[t]
+    aliases = _canonical_aliases(sd, targets)
     tensors: dict[str, torch.Tensor] = {}
     kept = total = 0
     for t in targets:
@@ -173,45 +202,33 @@ def save_compressed(
         tensors.update(compress_weight(t, sd[t], m))
         kept += int(m.sum()) if m is not None else int(_nonzero(sd[t]).sum())
         total += sd[t].numel()
-    bool_keys = []
-    for k, v in sd.items():
-        if k in targets or k in aliases:
-            continue
-        if any(k.endswith(s) and k[: -len(s)] in targets for s in _SUFFIXES):
-            raise ValueError(f"state-dict key {k!r} collides with the compressed layout of {k.rsplit('.', 1)[0]!r}")
-        v = v.detach().to("cpu").contiguous()
-        if v.dtype == torch.bool:
-            bool_keys.append(k)
-            v = v.to(torch.uint8)
-        tensors[k] = v.clone()
+    bool_keys = _dense_rest(sd, targets, aliases, tensors)
     config = {"format": "sparse-bitmask", "global_sparsity": 1.0 - kept / total if total else 0.0,
               "sparsity_structure": structure, "targets": targets, "ignore": ignore}
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
     meta.update(format=FORMAT, format_version=FORMAT_VERSION, sparsity_config=json.dumps(config),
                 aliases=json.dumps(aliases), bool_keys=json.dumps(bool_keys))
     data = st_save(tensors, metadata=meta)
-    if gzip:
-        data = _gzip.compress(data, compresslevel=6, mtime=0)
-    atomic_write_bytes(path, data)
+    atomic_write_bytes(path, _gzip.compress(data, compresslevel=6, mtime=0) if gzip else data)
     return config
 
 
 def _read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors and the metadata, from one read of the (possibly gzipped) file.
+
+    ``safetensors.torch.load`` on the file's bytes: one buffer, no per-tensor file access (faster than
+    ``safe_open(...).get_tensor`` per key for the ~500 small tensors of a compressed ResNet-50).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"compressed checkpoint not found: {path}")
     try:
-        with open(path, "rb") as fh:
-            gz = fh.read(2) == b"\x1f\x8b"
-        if gz:
-            data = _gzip.decompress(path.read_bytes())
-            tensors = st_load(data)
-            n = int.from_bytes(data[:8], "little")
-            meta = json.loads(data[8:8 + n]).get("__metadata__", {})
-        else:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        data = path.read_bytes()
+        if data[:2] == b"\x1f\x8b":
+            data = _gzip.decompress(data)
+        tensors = st_load(data)
+        n = int.from_bytes(data[:8], "little")
+        meta = json.loads(data[8:8 + n]).get("__metadata__", {})
     except (SafetensorError, ValueError, RuntimeError, OSError, EOFError, _gzip.BadGzipFile) as e:
         raise CheckpointError(f"compressed checkpoint {path} is truncated or corrupt ({e}); export it again") from None
     if meta.get("format") != FORMAT:
@@ -250,24 +267,17 @@ def read_sparsity_config(path: str | Path) -> dict[str, Any]:
     return json.loads(_read_meta(path)["sparsity_config"])
 
 
-def load_compressed(path: str | Path, model: nn.Module) -> dict[str, torch.Tensor]:
-    """Restore a :func:`save_compressed` file into ``model``; returns the true masks (name -> bool).
-
-    Every non-zero value comes back bitwise (zeros as +0.0). The file is fully checked against the model (names,
-    shapes, bitmask/value counts) before the model is touched, so a file of another architecture or a truncated
-    file raises :class:`CheckpointError` and leaves the model unchanged.
-    """
-    tensors, meta = _read(path)
+def _parse_layout(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> tuple:
+    """(targets, checked parts per target, dense tensors incl. aliases, stored shapes); CheckpointError if corrupt."""
     try:
-        config = json.loads(meta["sparsity_config"])
-        targets = list(config["targets"])
+        targets = list(json.loads(meta["sparsity_config"])["targets"])
         aliases = json.loads(meta.get("aliases", "{}"))
         bool_keys = set(json.loads(meta.get("bool_keys", "[]")))
         checked = {t: _check_parts(t, tensors) for t in targets}
-        shapes = {t: c[0] for t, c in checked.items()}
     except (KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"compressed checkpoint {path} is corrupt ({type(e).__name__}: {e}); export it "
                               "again") from None
+    shapes = {t: c[0] for t, c in checked.items()}
     layout = {f"{t}{s}" for t in targets for s in _SUFFIXES}
     dense = {k: (v.bool() if k in bool_keys else v) for k, v in tensors.items() if k not in layout}
     for alias, canon in aliases.items():
@@ -275,8 +285,10 @@ def load_compressed(path: str | Path, model: nn.Module) -> dict[str, torch.Tenso
             dense[alias] = dense[canon]
         elif canon in shapes:
             shapes[alias] = shapes[canon]
-    stored = {k: list(v.shape) for k, v in dense.items()} | shapes
-    own = model.state_dict()
+    return targets, checked, dense, {k: list(v.shape) for k, v in dense.items()} | shapes
+
+
+def _check_matches(path: str | Path, stored: dict[str, list[int]], own: dict[str, torch.Tensor]) -> None:
     missing = [k for k in own if k not in stored]
     unexpected = [k for k in stored if k not in own]
     wrong = [f"{k} {tuple(stored[k])} vs {tuple(own[k].shape)}" for k in own
@@ -288,6 +300,19 @@ def load_compressed(path: str | Path, model: nn.Module) -> dict[str, torch.Tenso
                 parts.append(f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}")
         raise CheckpointError(f"compressed checkpoint {path} does not match the model ({'; '.join(parts)}); build "
                               "the architecture of the run that wrote it (its recipe.yaml)")
+
+
+def load_compressed(path: str | Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Restore a :func:`save_compressed` file into ``model``; returns the true masks (name -> bool).
+
+    Every non-zero value comes back bitwise (zeros as +0.0). The file is fully checked against the model (names,
+    shapes, bitmask/value counts) before the model is touched, so a file of another architecture or a truncated
+    file raises :class:`CheckpointError` and leaves the model unchanged.
+    """
+    tensors, meta = _read(path)
+    targets, checked, dense, stored = _parse_layout(path, tensors, meta)
+    own = model.state_dict()
+    _check_matches(path, stored, own)
     masks: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for t in targets:
