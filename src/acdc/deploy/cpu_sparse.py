@@ -83,6 +83,10 @@ class SparseLinear(_CSRWeight):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out_f, in_f = self.shape2d
         lead = x.shape[:-1]
+        if x.numel() == in_f:  # one row (batch-1 decoding): a single addmv with the bias fused, no transposes
+            v = x.reshape(in_f)
+            y = torch.mv(self.csr(), v) if self.bias is None else torch.addmv(self.bias, self.csr(), v)
+            return y.reshape(*lead, out_f)
         x2 = x.reshape(-1, in_f)
         y = self.matmul_t(x2.t()).t()
         if self.bias is not None:
@@ -165,21 +169,50 @@ def _capture_inputs(model: nn.Module, mods: dict[str, nn.Module], example: Any) 
 
 def time_pair(dense: Callable[[], Any], sparse: Callable[[], Any], repeats: int = 9) -> tuple[float, float]:
     """Median seconds of two callables, measured interleaved (so machine load hits both alike)."""
-    td, ts = [], []
+    return time_layers({"layer": (dense, sparse)}, repeats)["layer"]
+
+
+def time_layers(pairs: dict[str, tuple[Callable[[], Any], Callable[[], Any]]], repeats: int = 9
+                ) -> dict[str, tuple[float, float]]:
+    """Median seconds of each layer's (dense, sparse) callables, timed in the cache regime of a whole forward pass.
+
+    Each round calls every layer's dense form in model order, then every layer's sparse form: between two calls
+    of one layer the other layers' weights pass through the cache, as in a real forward (timing one small layer
+    in a loop keeps its weights hot and favours dense, e.g. 410x410 in a 16-block LM). Rounds alternate, so
+    machine load hits both forms alike.
+    """
+    times: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in pairs}
     with torch.inference_mode():
-        dense()
-        sparse()
+        for d, s in pairs.values():
+            d()
+            s()
         for _ in range(repeats):
-            for f, acc in ((dense, td), (sparse, ts)):
-                t0 = time.perf_counter()
-                f()
-                acc.append(time.perf_counter() - t0)
-    return statistics.median(td), statistics.median(ts)
+            for form in (0, 1):
+                for name, fns in pairs.items():
+                    t0 = time.perf_counter()
+                    fns[form]()
+                    times[name][form].append(time.perf_counter() - t0)
+    return {k: (statistics.median(td), statistics.median(ts)) for k, (td, ts) in times.items()}
 
 
 def _set(model: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, new)
+
+
+def _no_candidate_error(seen: list[tuple[str, float]], min_sparsity: float) -> ValueError:
+    best = max(seen, key=lambda t: t[1], default=None)
+    detail = f" (sparsest: {best[0] or 'model'} with {100 * best[1]:.1f}% zeros)" if best else ""
+    return ValueError(f"no Linear or 1x1 Conv layer has >= {100 * min_sparsity:.0f}% zeros{detail}: cpu-sparse "
+                      "needs a sparse model (export the run's sparse.safetensors, not a dense checkpoint)")
+
+
+def _plan_entry(name: str, mod: nn.Module, sp: _CSRWeight, x: torch.Tensor, t_dense: float, t_sparse: float
+                ) -> dict[str, Any]:
+    return {"layer": name, "type": "linear" if isinstance(mod, nn.Linear) else "conv1x1",
+            "shape": list(mod.weight.shape), "input_shape": list(x.shape), "density": sp.density,
+            "dense_ms": 1e3 * t_dense, "csr_ms": 1e3 * t_sparse, "speedup": t_dense / t_sparse,
+            "chosen": "csr" if t_sparse <= t_dense else "dense"}
 
 
 def to_cpu_sparse(
@@ -193,35 +226,28 @@ def to_cpu_sparse(
     """A copy of ``model`` (eval mode) whose sparse Linear / 1x1 Conv layers run as CSR where that is faster.
 
     Every Linear and 1x1 Conv2d with at least ``min_sparsity`` zeros is timed dense and as CSR on the input it
-    receives in ``model(example_input)`` (so pass the batch size you will serve); the CSR form is kept only when it
-    is at least as fast. The per-layer decision and timings are in ``result.cpu_sparse_plan``. ``timer(dense,
-    sparse) -> (s_dense, s_sparse)`` replaces the built-in interleaved median timer. A model with no layer sparse
-    enough raises ValueError (export the run's sparse model, not its dense one).
+    receives in ``model(example_input)`` (so pass the batch size you will serve; :func:`time_layers`); the CSR
+    form is kept only when it is at least as fast. The per-layer decision and timings are in
+    ``result.cpu_sparse_plan``. ``timer(dense, sparse) -> (s_dense, s_sparse)`` replaces the built-in timer, one
+    layer at a time. A model with no layer sparse enough raises ValueError (export the run's sparse model).
     """
     src = copy.deepcopy(model).eval()
     cands, seen = _candidates(src, min_sparsity)
     if not cands:
-        best = max(seen, key=lambda t: t[1], default=None)
-        detail = f" (sparsest: {best[0] or 'model'} with {100 * best[1]:.1f}% zeros)" if best else ""
-        raise ValueError(f"no Linear or 1x1 Conv layer has >= {100 * min_sparsity:.0f}% zeros{detail}: cpu-sparse "
-                         "needs a sparse model (export the run's sparse.safetensors, not a dense checkpoint)")
+        raise _no_candidate_error(seen, min_sparsity)
     inputs = _capture_inputs(src, cands, example_input)
-    timer = timer or (lambda d, s: time_pair(d, s, repeats))
+    sparse = {name: _convert(mod).eval() for name, mod in cands.items() if name in inputs}
+    pairs = {name: (lambda m=cands[name], x=inputs[name]: m(x), lambda m=sp, x=inputs[name]: m(x))
+             for name, sp in sparse.items()}
+    times = {n: timer(*fns) for n, fns in pairs.items()} if timer else time_layers(pairs, repeats)
     plan = []
     for name, mod in cands.items():
-        if name not in inputs:  # never called on this input: nothing to time, leave it dense
+        if name not in sparse:  # never called on this input: nothing to time, leave it dense
             plan.append({"layer": name, "chosen": "dense", "reason": "not used by the example input"})
             continue
-        sp = _convert(mod).eval()
-        x = inputs[name]
-        t_dense, t_sparse = timer(lambda m=mod, x=x: m(x), lambda m=sp, x=x: m(x))
-        chosen = "csr" if t_sparse <= t_dense else "dense"
-        plan.append({"layer": name, "type": "linear" if isinstance(mod, nn.Linear) else "conv1x1",
-                     "shape": list(mod.weight.shape), "input_shape": list(x.shape), "density": sp.density,
-                     "dense_ms": 1e3 * t_dense, "csr_ms": 1e3 * t_sparse, "speedup": t_dense / t_sparse,
-                     "chosen": chosen})
-        if chosen == "csr":
-            _set(src, name, sp)
+        plan.append(_plan_entry(name, mod, sparse[name], inputs[name], *times[name]))
+        if plan[-1]["chosen"] == "csr":
+            _set(src, name, sparse[name])
     src.cpu_sparse_plan = plan
     return src
 

@@ -41,8 +41,8 @@ def lm_step(model: nn.Module, tokens: torch.Tensor, past: Past | None = None) ->
         mask = torch.ones(t, p + t, dtype=torch.bool, device=tokens.device).tril(p)
     present: Past = []
     for i, blk in enumerate(model.blocks):
-        q, k, v = blk.attn.qkv(blk.ln1(x)).split(c, dim=2)
-        q, k, v = (z.reshape(b, t, h, c // h).transpose(1, 2) for z in (q, k, v))
+        # (B, T, 3C) -> 3 x (B, H, T, C/H) in one view + permute: per-op overhead dominates a batch-1 step
+        q, k, v = blk.attn.qkv(blk.ln1(x)).reshape(b, t, 3, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
         if past:
             k = torch.cat([past[i][0], k], dim=2)
             v = torch.cat([past[i][1], v], dim=2)
