@@ -10,8 +10,9 @@ Workloads (random weights pruned by per-layer magnitude, ``acdc.masks.uniform_ma
 
 * ``linear``  : a stack of ``--depth`` 4096x4096 Linear layers (ReLU between) at batch 1 and 64;
 * ``lm``      : the project's Transformer LM in the shape of the WikiText recipe (16 layers, d_model 410, 10 heads,
-  context 128, vocabulary ``--vocab``), token embedding and tied head dense as in the recipe; batch-1 next-token
-  decoding = one forward over a full 128-token window (the model has no KV cache);
+  context 128, vocabulary ``--vocab``), token embedding and tied head dense as in the recipe: one forward over a
+  full 128-token window, and batch-1 next-token decoding with a KV cache (``acdc.deploy.decode.lm_step``, the same
+  step exported to ONNX for ORT);
 * ``resnet``  : ResNet-20 (32x32) and ResNet-50 (224x224) whole-model times, plus the per-layer-type split from
   the CPU path's own per-layer timings (3x3 convs always stay dense);
 * ``sizes``   : ResNet-50 file sizes at each of ``--sparsities``: dense safetensors, compressed (bitmask), compressed
