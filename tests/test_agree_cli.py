@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from acdc.cli import main
-from acdc.commands.agree import agree_models, parse_data_arg
 from acdc.data import build
+from acdc.train.agree import agree_models, parse_data_arg
 from acdc.train.loop import Trainer
 from acdc.train.recipe import parse_recipe
 

@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from acdc.cli import main
-from acdc.commands.memorize import memorize, train_targets
 from acdc.data import build
+from acdc.measure.memorization import train_targets
+from acdc.memorize import memorize
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

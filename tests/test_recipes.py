@@ -274,7 +274,7 @@ def test_recipe_dry_run_full_size(stem, data_paths, tmp_path):
 
 def test_memorization_recipe_runs_under_acdc_memorize(data_paths, tmp_path):
     """The memorization recipe is meant for `acdc memorize` (which corrupts labels and turns augmentation off)."""
-    mem = pytest.importorskip("acdc.commands.memorize")
+    mem = pytest.importorskip("acdc.memorize")
     path = RECIPE_DIR / "cifar10_resnet20_memorization_acdc90.yaml"
     res = mem.memorize(str(path), str(tmp_path / "mem"), n=10, seed=0, overrides=dry_run_overrides(path, data_paths))
     assert [c["phase"] for c in res["curves"]] == ["dense", "sparse"]

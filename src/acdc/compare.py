@@ -8,7 +8,7 @@ method uses its registry defaults, plus ``--method-opt METHOD.key=value``. Speci
 - ``acdc`` keeps the recipe's ``schedule`` when the recipe's method is acdc, else uses ``paper_imagenet``
   stretched to the recipe's epochs (the registry default). Each finished AC/DC run is also fine-tuned densely
   from its dense model (``dense.safetensors``: a dense-phase epoch after the first compression, recipe keys
-  ``dense_pick`` / ``dense_from``) to the end of the schedule (:func:`acdc.commands.train.finetune_dense`).
+  ``dense_pick`` / ``dense_from``) to the end of the schedule (:func:`acdc.train.finetune.finetune_dense`).
 - Like-for-like dense columns: ``last`` (no selection) and ``best on val`` for AC/DC and the dense baseline alike;
   accuracies are on the test split when the data has one (picks on validation), else on validation (the table
   notes then say that ``best on val`` was selected on the reported set).
@@ -202,7 +202,7 @@ def execute(
     log: Callable[[str], None] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Train every run not yet finished (and dense-fine-tune AC/DC runs); returns (ran, skipped) run names."""
-    from .commands.train import finetune_dense
+    from .train.finetune import finetune_dense
     from .train.loop import Trainer
 
     runs = out_dir / "runs"

@@ -12,7 +12,7 @@ from acdc.measure.flops import (
     topkast_epoch_flops,
     training_flops,
 )
-from acdc.measure.memorization import CorruptedDataset, corrupt_labels, corrupted_accuracy
+from acdc.measure.memorization import CorruptedDataset, corrupt_labels, corrupted_accuracy, train_targets
 
 __all__ = [
     "agreement",
@@ -33,4 +33,5 @@ __all__ = [
     "CorruptedDataset",
     "corrupt_labels",
     "corrupted_accuracy",
+    "train_targets",
 ]

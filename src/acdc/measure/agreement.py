@@ -16,26 +16,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .evaluation import logits as _logits
+from .evaluation import outputs
+
 __all__ = ["agreement", "agreement_from_logits"]
-
-
-def _logits(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, dict):
-        return out["logits"]
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    return out.logits  # e.g. HF-style output objects
-
-
-def _split_batch(batch: Any) -> tuple[Any, torch.Tensor | None]:
-    if isinstance(batch, (tuple, list)):
-        return batch[0], (batch[1] if len(batch) > 1 else None)
-    if isinstance(batch, dict):
-        x = batch.get("input", batch.get("inputs", batch.get("x")))
-        return x, batch.get("target", batch.get("targets", batch.get("y")))
-    return batch, None
 
 
 class _Acc:
@@ -118,7 +102,6 @@ def agreement_from_logits(
     return _result(acc)
 
 
-@torch.no_grad()
 def agreement(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -135,18 +118,7 @@ def agreement(
     ``both_wrong`` = ``both_wrong_same`` (same wrong class) + ``both_wrong_different`` (else None). Positions with
     target ``ignore_index`` are skipped. Models run in eval mode; their modes are restored afterwards.
     """
-    modes = {m: m.training for mod in (model_a, model_b) for m in mod.modules()}
     acc = _Acc()
-    try:
-        model_a.eval()
-        model_b.eval()
-        for batch in loader:
-            x, y = _split_batch(batch)
-            x = x.to(device) if isinstance(x, torch.Tensor) else x
-            la = _logits(model_a(x))
-            lb = _logits(model_b(x))
-            _update(acc, la, lb, y, ignore_index)
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
+    for (out_a, out_b), y in outputs((model_a, model_b), loader, device):
+        _update(acc, _logits(out_a), _logits(out_b), y, ignore_index)
     return _result(acc)

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-__all__ = ["corrupt_labels", "CorruptedDataset", "corrupted_accuracy"]
+__all__ = ["corrupt_labels", "CorruptedDataset", "corrupted_accuracy", "train_targets"]
 
 
 def _as_long(t: torch.Tensor | Sequence[int]) -> torch.Tensor:
@@ -143,3 +143,15 @@ def corrupted_accuracy(
         "acc_vs_other": float((~hit_c & ~hit_t).sum()) / n,
         "n": n,
     }
+
+
+def train_targets(dataset: Any) -> Any:
+    """The labels of a classification dataset as a 1-D long tensor (fast paths for the built-in datasets)."""
+    for attr in ("targets", "labels"):
+        t = getattr(dataset, attr, None)
+        if t is not None and not callable(t):
+            return torch.as_tensor(t, dtype=torch.long).reshape(-1)
+    tensors = getattr(dataset, "tensors", None)
+    if tensors is not None and len(tensors) >= 2:
+        return tensors[1].long().reshape(-1)
+    return torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.long)

@@ -294,7 +294,7 @@ def _load_agreement_file(path: Path) -> list[dict[str, Any]]:
 
 def compute_run_agreement(run: RunData, device: str | None = None) -> list[dict[str, Any]]:
     """Dense (best checkpoint, and fine-tuned if present) vs final sparse model of one run, on its val split."""
-    from ..commands.agree import agree_models
+    from ..train.agree import agree_models
 
     sparse = run.path / "sparse.safetensors"
     out = []

@@ -18,28 +18,34 @@ import dataclasses
 import json
 import math
 import os
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import data as data_mod
-from .. import models as models_mod
 from ..integrations.tensorboard import check_backend, open_logger
 from ..measure.dynamics import MaskTracker
 from ..measure.flops import inference_flops
 from ..methods import build_method
 from ..methods.base import SparseMethod
 from . import distributed as dist_mod
+from .build import (
+    build_model,
+    build_optimizer,
+    lr_factor_fn,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from .checkpoint import atomic_write_text, link_or_copy, load_model, load_run_state, save_model, save_run_state
+from .evaluate import evaluate, loss_and_correct
 from .recipe import Recipe, dump_recipe
 from .rundir import RunDir, claim_run_dir
 
@@ -81,117 +87,6 @@ def read_metrics_lines(path: Path) -> list[dict[str, Any]]:
                 break
             raise ValueError(f"{path} line {i + 1} is not JSON ({e}); fix or delete the line, then --resume") from None
     return out
-
-
-# ---------------------------------------------------------------------- builders
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("recipe key `device` is 'cuda' but no CUDA device is available; use device: cpu or auto")
-    return torch.device(name)
-
-
-def build_model(recipe: Recipe, bundle: data_mod.DataBundle) -> nn.Module:
-    cfg = dict(recipe.model)
-    name = cfg.pop("name")
-    try:
-        return models_mod.build(name, num_classes=bundle.num_classes, **cfg)
-    except TypeError as e:
-        raise ValueError(f"recipe `model` block: {e} (check the keys under `model:`)") from None
-
-
-def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
-    oc = recipe.optimizer
-    params: Any = model.parameters()
-    if oc.no_decay_bias_norm and oc.weight_decay:
-        decay, no_decay = [], []
-        for p in model.parameters():
-            (no_decay if p.dim() <= 1 else decay).append(p)
-        params = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if oc.name == "sgd":
-        return torch.optim.SGD(params, lr=oc.lr, momentum=oc.momentum, nesterov=oc.nesterov and oc.momentum > 0,
-                               weight_decay=oc.weight_decay)
-    cls = torch.optim.AdamW if oc.name == "adamw" else torch.optim.Adam
-    return cls(params, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps, weight_decay=oc.weight_decay)
-
-
-def lr_factor_fn(recipe: Recipe, steps_per_epoch: int):
-    """Multiplier of the base LR as a function of the global optimizer step (for ``LambdaLR``)."""
-    sc = recipe.lr_schedule
-    total = recipe.epochs * steps_per_epoch
-    warm = int(round(sc.warmup_epochs * steps_per_epoch))
-    floor = sc.min_lr / recipe.optimizer.lr
-
-    def fn(step: int) -> float:
-        if warm and step < warm:
-            return sc.warmup_start_factor + (1 - sc.warmup_start_factor) * step / warm
-        if sc.name == "constant":
-            return 1.0
-        if sc.name == "step":
-            epoch = step / steps_per_epoch
-            return sc.gamma ** sum(1 for m in sc.milestones if epoch >= m)
-        progress = min(1.0, (step - warm) / max(1, total - warm))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return fn
-
-
-def _rng_state() -> dict[str, Any]:
-    st = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def _set_rng_state(st: dict[str, Any]) -> None:
-    torch.set_rng_state(st["torch"])
-    random.setstate(st["python"])
-    np.random.set_state(st["numpy"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
-
-
-# ---------------------------------------------------------------------- evaluation
-def _loss_and_correct(out: torch.Tensor, y: torch.Tensor, task: str, smoothing: float = 0.0):
-    if task == "lm":
-        logits = out.reshape(-1, out.shape[-1])
-        y = y.reshape(-1)
-    else:
-        logits = out
-    loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
-    correct = (logits.argmax(-1) == y).sum()
-    return loss, correct, y.numel()
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, task: str, device: torch.device, max_batches: int = 0,
-             amp_ctx=contextlib.nullcontext) -> dict[str, float]:
-    """Mean loss and top-1 accuracy (per token for LMs, plus perplexity)."""
-    was_training = model.training
-    model.eval()
-    tot_loss, tot_correct, tot_n = 0.0, 0, 0
-    for i, (x, y) in enumerate(loader):
-        if max_batches and i >= max_batches:
-            break
-        x, y = x.to(device), y.to(device)
-        with amp_ctx():
-            out = model(x)
-        loss, correct, n = _loss_and_correct(out, y, task)
-        tot_loss += float(loss) * n
-        tot_correct += int(correct)
-        tot_n += n
-    model.train(was_training)
-    res = {"loss": tot_loss / max(1, tot_n), "acc": tot_correct / max(1, tot_n)}
-    if task == "lm":
-        res["ppl"] = math.exp(min(res["loss"], 50.0))
-    return res
 
 
 # ---------------------------------------------------------------------- the trainer
@@ -350,7 +245,7 @@ class Trainer:
             self.update_tracker.load_state_dict(state["update_tracker"])
         self.state = state["run"]
         self._pending = dict(state.get("pending") or {})  # events after the last metrics line (e.g. a compression)
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         # drop metrics lines written after the checkpoint (a crash between the two) and a torn last line
         mpath = self.out_dir / "metrics.jsonl"
         if mpath.exists():
@@ -366,7 +261,7 @@ class Trainer:
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "method": mstate, "scaler": self.scaler.state_dict() if self.scaler else None,
                  "tracker": self.tracker.state_dict(), "update_tracker": self.update_tracker.state_dict(),
-                 "run": dict(self.state), "rng": _rng_state(), "pending": self._pending}
+                 "run": dict(self.state), "rng": rng_state(), "pending": self._pending}
         save_run_state(self.out_dir, model=self.model, masks=masks, state=state, epoch=self.state["epoch"],
                        compress=self.compress_checkpoints)
 
@@ -394,7 +289,7 @@ class Trainer:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self._amp_ctx():
                 out = self.train_model(x)
-            loss, correct, n = _loss_and_correct(out, y, self.task, r.label_smoothing)
+            loss, correct, n = loss_and_correct(out, y, self.task, r.label_smoothing)
             scaled = loss / r.grad_accum
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             tot_loss += loss.detach().double() * n
