@@ -28,7 +28,7 @@ Conventions (documented because every paper picks its own):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -128,6 +128,68 @@ def _lm_seq_len(module: nn.Module, args: tuple) -> int:
 
 
 @torch.no_grad()
+class _Counter:
+    """FLOPs per module name, summed by forward hooks during one dummy pass (see :func:`inference_flops`)."""
+
+    def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor] | None, include_other: bool,
+                 batch: int) -> None:
+        self.aliases = _param_aliases(model)
+        self.masks, self.include_other, self.batch = masks, include_other, batch
+        self.counts: dict[str, float] = {}
+
+    def add(self, name: str, value: float) -> None:
+        self.counts[name] = self.counts.get(name, 0.0) + float(value)
+
+    def prunable_hook(self, name: str, mod: nn.Module) -> Callable[..., None]:
+        names = self.aliases.get(id(mod.weight), [f"{name}.weight" if name else "weight"])
+        nnz = _nnz(mod.weight, names, self.masks)
+
+        def hook(m: nn.Module, args: tuple, out: Any) -> None:
+            y = _first_tensor(out)
+            channels = m.out_features if isinstance(m, nn.Linear) else m.out_channels
+            positions = y.numel() / channels  # summed over the batch
+            self.add(name, 2.0 * nnz * positions)
+            if self.include_other and m.bias is not None:
+                self.add(f"{name}.bias", y.numel())
+
+        return hook
+
+    def other_hook(self, name: str) -> Callable[..., None]:
+        def hook(m: nn.Module, args: tuple, out: Any) -> None:
+            y = _first_tensor(out)
+            if isinstance(m, _NORM_TYPES):
+                self.add(name, 2.0 * y.numel())
+            elif isinstance(m, _ACT_TYPES):
+                self.add(name, y.numel())
+            elif isinstance(m, _POOL_TYPES):
+                k = m.kernel_size
+                kn = math.prod(k) if isinstance(k, (tuple, list)) else k ** (y.dim() - 2)
+                self.add(name, kn * y.numel())
+            elif isinstance(m, _ADAPTIVE_POOL_TYPES):
+                self.add(name, _first_tensor(args).numel())
+
+        return hook
+
+    def lm_hook(self, name: str) -> Callable[..., None]:
+        def hook(m: nn.Module, args: tuple) -> None:
+            t = _lm_seq_len(m, args)
+            self.add(f"{name}.attention" if name else "attention", self.batch * m.n_layers * 4.0 * t * t * m.d_model)
+
+        return hook
+
+    def register(self, model: nn.Module) -> list[Any]:
+        """Hooks on every counted module; returns their handles."""
+        handles = []
+        for name, mod in model.named_modules():
+            if isinstance(mod, PRUNABLE_TYPES):
+                handles.append(mod.register_forward_hook(self.prunable_hook(name, mod)))
+            elif self.include_other and isinstance(mod, _NORM_TYPES + _ACT_TYPES + _POOL_TYPES + _ADAPTIVE_POOL_TYPES):
+                handles.append(mod.register_forward_hook(self.other_hook(name)))
+            if all(hasattr(mod, a) for a in _LM_ATTRS):
+                handles.append(mod.register_forward_pre_hook(self.lm_hook(name)))
+        return handles
+
+
 def inference_flops(
     model: nn.Module,
     input_shape_or_example: Sequence[int] | torch.Tensor,
@@ -148,59 +210,11 @@ def inference_flops(
     """
     x = _example_input(model, input_shape_or_example, dtype)
     batch = int(x.shape[0]) if x.dim() > 0 else 1
-    aliases = _param_aliases(model)
-    counts: dict[str, float] = {}
-
-    def add(name: str, value: float) -> None:
-        counts[name] = counts.get(name, 0.0) + float(value)
-
-    def prunable_hook(name: str, mod: nn.Module):
-        names = aliases.get(id(mod.weight), [f"{name}.weight" if name else "weight"])
-        nnz = _nnz(mod.weight, names, masks)
-
-        def hook(m: nn.Module, args: tuple, out: Any) -> None:
-            y = _first_tensor(out)
-            channels = m.out_features if isinstance(m, nn.Linear) else m.out_channels
-            positions = y.numel() / channels  # summed over the batch
-            add(name, 2.0 * nnz * positions)
-            if include_other and m.bias is not None:
-                add(f"{name}.bias", y.numel())
-
-        return hook
-
-    def other_hook(name: str):
-        def hook(m: nn.Module, args: tuple, out: Any) -> None:
-            y = _first_tensor(out)
-            if isinstance(m, _NORM_TYPES):
-                add(name, 2.0 * y.numel())
-            elif isinstance(m, _ACT_TYPES):
-                add(name, y.numel())
-            elif isinstance(m, _POOL_TYPES):
-                k = m.kernel_size
-                kn = math.prod(k) if isinstance(k, (tuple, list)) else k ** (y.dim() - 2)
-                add(name, kn * y.numel())
-            elif isinstance(m, _ADAPTIVE_POOL_TYPES):
-                add(name, _first_tensor(args).numel())
-
-        return hook
-
-    def lm_hook(name: str):
-        def hook(m: nn.Module, args: tuple) -> None:
-            t = _lm_seq_len(m, args)
-            add(f"{name}.attention" if name else "attention", batch * m.n_layers * 4.0 * t * t * m.d_model)
-
-        return hook
-
+    counter = _Counter(model, masks, include_other, batch)
     handles = []
     modes = {m: m.training for m in model.modules()}
     try:
-        for name, mod in model.named_modules():
-            if isinstance(mod, PRUNABLE_TYPES):
-                handles.append(mod.register_forward_hook(prunable_hook(name, mod)))
-            elif include_other and isinstance(mod, _NORM_TYPES + _ACT_TYPES + _POOL_TYPES + _ADAPTIVE_POOL_TYPES):
-                handles.append(mod.register_forward_hook(other_hook(name)))
-            if all(hasattr(mod, a) for a in _LM_ATTRS):
-                handles.append(mod.register_forward_pre_hook(lm_hook(name)))
+        handles = counter.register(model)
         model.eval()
         model(x)
     finally:
@@ -208,7 +222,7 @@ def inference_flops(
             h.remove()
         for m, mode in modes.items():
             m.training = mode
-    per = {k: v / batch for k, v in counts.items()}
+    per = {k: v / batch for k, v in counter.counts.items()}
     total = float(sum(per.values()))
     return (total, per) if per_layer else total
 
@@ -329,6 +343,16 @@ def expand_timeline(timeline: Any) -> list[tuple[str, int, float]]:
     return out
 
 
+def _per_phase(spec: Any, n: int, what: str) -> list[Mapping | None]:
+    """One mask dict (or None) per phase of a kind, from one dict for all or a list with one per phase."""
+    if spec is None or isinstance(spec, Mapping):
+        return [spec] * n
+    spec = list(spec)
+    if len(spec) != n:
+        raise ValueError(f"{what}: got {len(spec)} mask dicts for {n} phases")
+    return spec
+
+
 def schedule_training_flops(
     model: nn.Module,
     input_shape: Sequence[int] | torch.Tensor,
@@ -351,14 +375,6 @@ def schedule_training_flops(
     n_sparse = sum(k == "sparse" for k, _, _ in phases)
     n_dense = len(phases) - n_sparse
 
-    def per_phase(spec: Any, n: int, what: str) -> list[Mapping | None]:
-        if spec is None or isinstance(spec, Mapping):
-            return [spec] * n
-        spec = list(spec)
-        if len(spec) != n:
-            raise ValueError(f"{what}: got {len(spec)} mask dicts for {n} phases")
-        return spec
-
     cache: dict[int, float] = {}
 
     def f_of(m: Mapping | None) -> float:
@@ -368,16 +384,10 @@ def schedule_training_flops(
             cache[id(m)] = float(flops_for_masks(model, m, input_shape))
         return cache[id(m)]
 
-    sparse_f = [f_of(m) for m in per_phase(masks_sparse, n_sparse, "masks_sparse")]
-    dense_f = [f_of(m) for m in per_phase(dense_density_masks, n_dense, "dense_density_masks")]
-    phase_f, si, di = [], 0, 0
-    for kind, _, _ in phases:
-        if kind == "sparse":
-            phase_f.append(sparse_f[si])
-            si += 1
-        else:
-            phase_f.append(dense_f[di])
-            di += 1
+    sparse_f = [f_of(m) for m in _per_phase(masks_sparse, n_sparse, "masks_sparse")]
+    dense_f = [f_of(m) for m in _per_phase(dense_density_masks, n_dense, "dense_density_masks")]
+    queues = {"sparse": iter(sparse_f), "dense": iter(dense_f)}
+    phase_f = [next(queues[kind]) for kind, _, _ in phases]
     entries = [(kind, phase_f[i], length) for kind, i, length in expand_timeline(phases)]
     res = training_flops(entries, f_dense, samples_per_epoch)
     res.update(
