@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .checkpoint import link_or_copy, load_metadata
 from .loop import Trainer
-from .recipe import load_recipe, parse_recipe
+from .recipe import load_recipe
 
 __all__ = ["finetune_dense"]
 
@@ -31,13 +31,9 @@ def finetune_dense(run_dir: str | Path, epochs: int | None = None, progress: boo
     recipe = load_recipe(rpath)
     best_epoch = int(json.loads(load_metadata(dpath)["epoch"]))
     start = best_epoch + 1
-    raw = recipe.to_dict()
-    raw["method"] = {"name": "dense"}
-    if epochs is not None:
-        if epochs < 1:
-            raise ValueError(f"--epochs must be >= 1, got {epochs}")
-        raw["epochs"] = start + epochs
-    ft = parse_recipe(raw)
+    if epochs is not None and epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {epochs}")
+    ft = recipe.with_method("dense", **({} if epochs is None else {"epochs": start + epochs}))
     if start >= ft.epochs:
         raise ValueError(f"the dense model is from the last epoch ({best_epoch}); pass --epochs N")
     out = run_dir / "finetune_dense"

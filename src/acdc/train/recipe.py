@@ -107,6 +107,20 @@ class Recipe:
     def method_options(self) -> dict[str, Any]:
         return {k: v for k, v in self.method.items() if k not in ("name", "sparsity")}
 
+    def with_method(self, method: str, /, sparsity: float | None = None, **changes: Any) -> Recipe:
+        """The same recipe trained with ``method`` (validated again): "the same run, another method".
+
+        The method block keeps this recipe's options when ``method`` is its own method (else just its name);
+        ``sparsity`` is set when given (and dropped otherwise); ``changes`` replace top-level keys (``name``,
+        ``seed``, ``epochs`` ...).
+        """
+        own = method == self.method_name
+        block = {k: v for k, v in self.method.items() if k != "sparsity"} if own else {"name": method}
+        if sparsity is not None:
+            block["sparsity"] = sparsity
+        raw = {**self.to_dict(), **changes, "method": block}
+        return parse_recipe(raw)
+
 
 _SECTIONS = {"optimizer": OptimizerCfg, "lr_schedule": LRScheduleCfg, "distributed": DistributedCfg}
 _FREE_SECTIONS = ("model", "data", "method")
