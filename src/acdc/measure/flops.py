@@ -127,7 +127,6 @@ def _lm_seq_len(module: nn.Module, args: tuple) -> int:
     return int(module.context)
 
 
-@torch.no_grad()
 class _Counter:
     """FLOPs per module name, summed by forward hooks during one dummy pass (see :func:`inference_flops`)."""
 
@@ -190,6 +189,7 @@ class _Counter:
         return handles
 
 
+@torch.no_grad()
 def inference_flops(
     model: nn.Module,
     input_shape_or_example: Sequence[int] | torch.Tensor,
