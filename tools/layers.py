@@ -25,7 +25,8 @@ def module_name(path: Path, root: Path = ROOT) -> str:
 
 
 def _imports(path: Path, root: Path, top_level_only: bool) -> Iterator[tuple[str, int]]:
-    """(imported acdc module, line) for each import in ``path``; module-level only when ``top_level_only``."""
+    """(imported acdc module, line) for each import in ``path``; module-level only when ``top_level_only``
+    (else also dotted ``"acdc.x"`` strings, for modules imported by name)."""
     tree = ast.parse(path.read_text())
     pkg = module_name(path, root).split(".")
     if path.name != "__init__.py":
@@ -42,6 +43,9 @@ def _imports(path: Path, root: Path, top_level_only: bool) -> Iterator[tuple[str
         elif isinstance(node, ast.Import):
             for a in node.names:
                 yield (a.name, node.lineno)
+        elif (not top_level_only and isinstance(node, ast.Constant) and isinstance(node.value, str)
+              and node.value.startswith("acdc.") and node.value.replace(".", "").replace("_", "").isalnum()):
+            yield (node.value, node.lineno)  # a module imported by name (cli.py's importlib of the commands)
 
 
 def import_graph(root: Path = ROOT, top_level_only: bool = False) -> dict[str, set[str]]:
