@@ -41,6 +41,8 @@ __all__ = [
     "inference_flops",
     "flops_for_masks",
     "training_flops",
+    "step_flops_per_sample",
+    "epoch_training_flops_rel",
     "schedule_training_flops",
     "rigl_epoch_flops",
     "topkast_epoch_flops",
@@ -249,6 +251,18 @@ def _entry(e: Sequence) -> tuple[str, float, float]:
     return kind, float(e[1]), length
 
 
+def step_flops_per_sample(f: float, weight_grads: float | None = None) -> float:
+    """Training FLOPs per sample of one step (RigL convention): forward ``f`` + error back-propagation ``f`` +
+    weight gradients (``f`` by default). The loop's per-epoch figures and :func:`training_flops` both use it."""
+    return 2.0 * f + (f if weight_grads is None else float(weight_grads))
+
+
+def epoch_training_flops_rel(per_sample: float, dense_inference: float, length: float = 1.0) -> float:
+    """An epoch's training FLOPs (``per_sample`` FLOPs per sample, ``length`` epochs long) relative to one dense
+    epoch, ``step_flops_per_sample(dense_inference)`` per sample: the number in ``train_flops_epoch_rel``."""
+    return per_sample * length / step_flops_per_sample(dense_inference)
+
+
 def training_flops(
     per_epoch_inference: Sequence[Sequence],
     dense_inference: float,
@@ -273,12 +287,10 @@ def training_flops(
     entries = [_entry(e) for e in per_epoch_inference]
     per_epoch = []
     for kind, f, length in entries:
-        per_sample = 3.0 * f
-        if kind == "dense" and dense_weight_grads is not None:
-            per_sample = 2.0 * f + float(dense_weight_grads)
+        per_sample = step_flops_per_sample(f, dense_weight_grads if kind == "dense" else None)
         per_epoch.append(per_sample * samples_per_epoch * length)
     epochs = sum(e[2] for e in entries)
-    dense_total = 3.0 * dense_inference * samples_per_epoch * epochs
+    dense_total = step_flops_per_sample(dense_inference) * samples_per_epoch * epochs
     total = float(sum(per_epoch))
     cumulative, acc = [], 0.0
     for v in per_epoch:

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from .. import data as data_mod
 from ..integrations.tensorboard import check_backend, open_logger
 from ..measure.dynamics import MaskTracker
-from ..measure.flops import inference_flops
+from ..measure.flops import epoch_training_flops_rel, inference_flops, step_flops_per_sample
 from ..methods import build_method
 from ..methods.base import SparseMethod
 from . import distributed as dist_mod
@@ -118,32 +118,44 @@ class Trainer:
 
     # -------------------------------------------------------------- setup (all validation happens here)
     def setup(self) -> None:
+        """Build everything a run needs from the recipe, in a fixed order (the seeded RNG draws depend on it)."""
         r = self.recipe
         self.device = resolve_device(r.device)
         self.dist = dist_mod.init_distributed(dataclasses.asdict(r.distributed), self.device)
         self.progress = self.progress and self.dist.is_main
-        local_batch = self.dist.local_batch(r.batch_size)
+        self.local_batch = self.dist.local_batch(r.batch_size)
         if r.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("recipe key `amp: fp16` needs device cuda (fp16 GradScaler); use `amp: bf16` on CPU")
         check_backend(r.log)
         seed_everything(r.seed)
-        self.bundle = self._bundle or data_mod.build(r.data, seed=r.seed)
+        self._setup_model()
+        self._setup_loaders()
+        self._setup_training()
+        self.state: dict[str, Any] = {"epoch": self.start_epoch, "best_dense": None, "last_dense": None,
+                                      "elapsed": 0.0, "train_flops_cum": 0.0}
+
+    def _setup_model(self) -> None:
+        """Data, model, example input and the dense-baseline FLOPs (of the fresh, zero-free model)."""
+        self.bundle = self._bundle or data_mod.build(self.recipe.data, seed=self.recipe.seed)
         self.task = self.bundle.task
-        self.model = build_model(r, self.bundle).to(self.device)
+        self.model = build_model(self.recipe, self.bundle).to(self.device)
         self.example = self._example_input()
-        # dense-baseline FLOPs from the freshly initialised (zero-free) model, before any weights are loaded
-        self.f_dense = float(inference_flops(self.model, self.example)) if r.measure_flops else 0.0
+        self.f_dense = float(inference_flops(self.model, self.example)) if self.recipe.measure_flops else 0.0
         if self.init_weights:
             load_model(self.init_weights, self.model)
+
+    def _setup_loaders(self) -> None:
+        """Train loader (per-epoch seeded shuffle; this rank's share under torchrun), val/test loaders, step counts."""
+        r = self.recipe
         self.train_gen = torch.Generator()
-        # with gradient accumulation a short last batch would weigh as much as a full one: drop it
         self.train_sampler = None
         if self.dist.active:  # this rank's share of the single-process per-epoch permutation
             self.train_sampler = dist_mod.EpochShardSampler(len(self.bundle.train), self.dist.rank, self.dist.world,
                                                             self._epoch_seed)
-        self.train_loader = DataLoader(self.bundle.train, batch_size=local_batch, shuffle=self.train_sampler is None,
-                                       sampler=self.train_sampler, drop_last=r.grad_accum > 1,
-                                       generator=self.train_gen, num_workers=r.num_workers)
+        # with gradient accumulation a short last batch would weigh as much as a full one: drop it
+        self.train_loader = DataLoader(self.bundle.train, batch_size=self.local_batch,
+                                       shuffle=self.train_sampler is None, sampler=self.train_sampler,
+                                       drop_last=r.grad_accum > 1, generator=self.train_gen, num_workers=r.num_workers)
         self.val_loader = self._eval_loader(self.bundle.val)
         self.test_loader = None if self.bundle.test is None else self._eval_loader(self.bundle.test)
         n_batches = len(self.train_loader)
@@ -153,6 +165,10 @@ class Trainer:
             raise ValueError(f"recipe key `grad_accum` ({r.grad_accum}) exceeds the batches per epoch ({n_batches})")
         self.batches_per_epoch = n_batches - n_batches % r.grad_accum
         self.steps_per_epoch = self.batches_per_epoch // r.grad_accum
+
+    def _setup_training(self) -> None:
+        """Optimizer, LR schedule (continuing at ``start_epoch``), the sparse method, mask trackers, DDP wrapper."""
+        r = self.recipe
         self.optimizer = build_optimizer(r, self.model)
         fn = lr_factor_fn(r, self.steps_per_epoch)
         offset = self.start_epoch * self.steps_per_epoch
@@ -165,12 +181,9 @@ class Trainer:
         self.update_tracker = MaskTracker()  # in-phase mask updates (GMP, RigL, SET, Top-KAST)
         if self.method.masks is not None:  # masks the method set up at construction: baseline for updates
             self.update_tracker.on_compress(self.start_epoch, self.method.masks)
-        self._pending: dict[str, Any] = {}
-        self._last_eval: tuple | None = None  # end-of-epoch (val, test, flops)
+        self._pending: dict[str, Any] = {}  # mask events since the last metrics line
         self.method.add_listener(self._on_event)
         self.train_model = self.dist.wrap(self.model, self.device)  # DDP when launched distributed
-        self.state: dict[str, Any] = {"epoch": self.start_epoch, "best_dense": None, "last_dense": None,
-                                      "elapsed": 0.0, "train_flops_cum": 0.0}
 
     def _eval_loader(self, ds: Any) -> DataLoader:
         """Evaluation loader; ``eval_max_batches`` keeps a fixed class-stratified sample, not the first batches."""
@@ -214,7 +227,6 @@ class Trainer:
         return self.recipe.seed * 1_000_003 + epoch
 
     def _on_event(self, event: str, info: dict) -> None:
-        self._last_eval = None  # the model changed after the last validation
         self.dist.check_masks(self.method.masks, f"{event} (step {info['step']})")
         if event in ("compress", "update") and info.get("masks") is not None:
             n = sum(m.numel() for m in info["masks"].values())
@@ -265,23 +277,34 @@ class Trainer:
         save_run_state(self.out_dir, model=self.model, masks=masks, state=state, epoch=self.state["epoch"],
                        compress=self.compress_checkpoints)
 
-    # -------------------------------------------------------------- one epoch
+    # -------------------------------------------------------------- one epoch of training
     def _train_epoch(self, epoch: int) -> dict[str, float]:
-        r = self.recipe
+        """Train one epoch (all but its last ``method.step()``); mean loss/accuracy over the global batch."""
         self.model.train()
         self.train_gen.manual_seed(self._epoch_seed(epoch))
         if self.train_sampler is not None:
             self.train_sampler.set_epoch(epoch)
         # running sums stay on the device: no host synchronisation per step
-        tot_loss = torch.zeros((), dtype=torch.float64, device=self.device)
-        tot_correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        tot_n, micro = 0, 0
-        first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)  # first step with a non-finite loss
+        sums = {"loss": torch.zeros((), dtype=torch.float64, device=self.device),
+                "correct": torch.zeros((), dtype=torch.int64, device=self.device),
+                "first_bad": torch.full((), -1, dtype=torch.int64, device=self.device)}  # first non-finite step
         bar = None
         if self.progress and tqdm is not None:
-            bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{r.epochs} [{self.method.phase}]",
-                       leave=False, dynamic_ncols=True)
-        step_in_epoch = 0
+            bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.recipe.epochs} "
+                       f"[{self.method.phase}]", leave=False, dynamic_ncols=True)
+        tot_n = self._train_batches(sums, bar)
+        if bar is not None:
+            bar.close()
+        n_seen = torch.tensor(tot_n, dtype=torch.int64, device=self.device)
+        self.dist.sum_(sums["loss"], sums["correct"], n_seen)  # metrics over the global batch
+        tot_n = int(n_seen)
+        self._stop_if_non_finite(epoch, sums)
+        return {"loss": float(sums["loss"]) / max(1, tot_n), "acc": int(sums["correct"]) / max(1, tot_n)}
+
+    def _train_batches(self, sums: dict[str, torch.Tensor], bar: Any) -> int:
+        """Forward/backward every batch of the epoch, an optimizer step every ``grad_accum`` batches; samples seen."""
+        r = self.recipe
+        tot_n, micro, step_in_epoch = 0, 0, 0
         self.optimizer.zero_grad(set_to_none=True)
         for i, (x, y) in enumerate(self.train_loader):
             if i >= self.batches_per_epoch:
@@ -292,46 +315,49 @@ class Trainer:
             loss, correct, n = loss_and_correct(out, y, self.task, r.label_smoothing)
             scaled = loss / r.grad_accum
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            tot_loss += loss.detach().double() * n
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step_in_epoch, first_bad)
-            tot_correct += correct
+            sums["loss"] += loss.detach().double() * n
+            bad = (sums["first_bad"] < 0) & ~torch.isfinite(loss.detach())
+            sums["first_bad"] = torch.where(bad, step_in_epoch, sums["first_bad"])
+            sums["correct"] += correct
             tot_n += n
             micro += 1
             if micro % r.grad_accum:
                 continue
-            if r.grad_clip:
-                if self.scaler:
-                    self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), r.grad_clip)
-            if self.scaler:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
+            self._optimizer_step()
             step_in_epoch += 1
             if step_in_epoch < self.steps_per_epoch:  # the epoch's last method.step() runs after validation
                 self.method.step()
             if bar is not None:
                 bar.update(1)
                 if step_in_epoch % 10 == 0:
-                    bar.set_postfix(loss=f"{float(tot_loss) / tot_n:.3f}")
-        if bar is not None:
-            bar.close()
-        n_seen = torch.tensor(tot_n, dtype=torch.int64, device=self.device)
-        self.dist.sum_(tot_loss, tot_correct, n_seen)  # metrics over the global batch
-        tot_n = int(n_seen)
-        if int(first_bad) >= 0 or not math.isfinite(float(tot_loss)):
-            raise NonFiniteError(f"training loss became non-finite at step {int(first_bad)} of epoch {epoch} (lr "
+                    bar.set_postfix(loss=f"{float(sums['loss']) / tot_n:.3f}")
+        return tot_n
+
+    def _optimizer_step(self) -> None:
+        """Clip (after unscaling), step the optimizer (through the fp16 scaler), zero the grads, step the LR."""
+        if self.recipe.grad_clip:
+            if self.scaler:
+                self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+
+    def _stop_if_non_finite(self, epoch: int, sums: dict[str, torch.Tensor]) -> None:
+        """A run stops loudly (NonFiniteError, the last good checkpoint kept) on a non-finite loss or weight."""
+        first_bad = int(sums["first_bad"])
+        if first_bad >= 0 or not math.isfinite(float(sums["loss"])):
+            raise NonFiniteError(f"training loss became non-finite at step {first_bad} of epoch {epoch} (lr "
                                  f"{self.optimizer.param_groups[0]['lr']:.3g}); stopped, {self._kept()}; lower "
                                  "optimizer.lr or set grad_clip")
         bad = [n for n, t in self.model.state_dict().items() if t.is_floating_point() and not bool(t.isfinite().all())]
         if bad:
             raise NonFiniteError(f"weights became non-finite in epoch {epoch} ({', '.join(bad[:3])}); stopped, "
                                  f"{self._kept()}; lower optimizer.lr or set grad_clip")
-        loss_sum = float(tot_loss)
-        return {"loss": loss_sum / max(1, tot_n), "acc": int(tot_correct) / max(1, tot_n)}
 
     def _kept(self) -> str:
         last = self.out_dir / "last"
@@ -353,85 +379,109 @@ class Trainer:
                 self.dist.close()  # leave a process group this run created (torchrun) before returning
 
     def _run(self, run_dir: RunDir) -> TrainResult:
+        """The run, top to bottom: set up, start or resume the folder, train every remaining epoch, finish."""
+        self._setup_or_discard(run_dir)
+        self._start_folder(run_dir)
+        logger = open_logger(self.recipe.log if self.dist.is_main else "none", self.out_dir, self.steps_per_epoch,
+                             start_epoch=self.state["epoch"], step_offset=self.start_epoch * self.steps_per_epoch,
+                             resume=self.resume)
+        self._last_epoch: tuple | None = None  # (val, test, flops) of the last epoch trained in this process
+        for epoch in range(self.state["epoch"], self.recipe.epochs):
+            self._epoch(epoch, logger)
+        logger.close()
+        return TrainResult(self.out_dir, self._finish())
+
+    def _epoch(self, epoch: int, logger: Any) -> None:
+        """One epoch: train → validate → record → dense model → phase step → persist."""
+        t0 = time.perf_counter()
+        train = self._train_epoch(epoch)
+        train_time = time.perf_counter() - t0
+        phase = self._enter_phase(epoch)  # of the model evaluated below
+        val, test = self._evaluate()
+        rec = self._record(epoch, phase, train, val, test)
+        if self.method.yields_dense and phase == "dense" and self._dense_eligible():
+            self._track_dense(epoch, val, test)
+        self._last_epoch = (val, test, rec.get("inference_flops"))
+        self.method.step()  # the epoch's last method step: may compress / decompress
+        if phase == "dense" and self.method.phase == "sparse":
+            rec["dense_zero_fraction"] = rec["sparsity"]  # zeros left at the end of a dense phase (Table 8)
+        self.state["elapsed"] += time.perf_counter() - t0
+        rec.update(time=train_time, epoch_time=time.perf_counter() - t0, elapsed=self.state["elapsed"])
+        self._persist(epoch, rec, logger)
+        if self.progress:
+            print(f"epoch {epoch + 1:3d}/{self.recipe.epochs} {phase:6s} loss {train['loss']:.4f} "
+                  f"val_acc {val['acc']:.4f} sparsity {rec['sparsity']:.3f} ({rec['epoch_time']:.1f}s)", flush=True)
+
+    def _setup_or_discard(self, run_dir: RunDir) -> None:
         try:
             self.setup()  # a bad recipe or dataset leaves no run folder behind
         except BaseException:
             run_dir.discard()
             raise
-        r = self.recipe
+
+    def _start_folder(self, run_dir: RunDir) -> None:
+        """Resume from ``last/`` or start fresh (``overwrite`` removes another run's files); write the recipe."""
         if self.resume:
             self._restore()
         elif self.dist.is_main:
             if self.overwrite:
-                run_dir.remove_stale(r)
+                run_dir.remove_stale(self.recipe)
             for stale in ("metrics.jsonl", "summary.json"):
                 (self.out_dir / stale).unlink(missing_ok=True)
         if self.dist.is_main:
-            atomic_write_text(self.out_dir / "recipe.yaml", dump_recipe(r))
-        mpath = self.out_dir / "metrics.jsonl"
-        logger = open_logger(r.log if self.dist.is_main else "none", self.out_dir, self.steps_per_epoch,
-                             start_epoch=self.state["epoch"],
-                             step_offset=self.start_epoch * self.steps_per_epoch, resume=self.resume)
-        yields_dense = self.method.yields_dense
-        for epoch in range(self.state["epoch"], r.epochs):
-            t0 = time.perf_counter()
-            train = self._train_epoch(epoch)
-            train_time = time.perf_counter() - t0
-            phase = self._model_phase()  # of the model evaluated below
-            if phase != self.state.get("phase"):
-                self.state["phase"], self.state["phase_start"] = phase, epoch
-            val, test = self._evaluate()
-            rec: dict[str, Any] = {
-                "epoch": epoch, "phase": phase, "lr": self.optimizer.param_groups[0]["lr"],
-                "train_loss": train["loss"], "train_acc": train["acc"],
-                "val_loss": val["loss"], "val_acc": val["acc"], "val_samples": len(self.val_loader.dataset),
-            }
-            if "ppl" in val:
-                rec["val_ppl"] = val["ppl"]
-            if test is not None:
-                rec.update(test_loss=test["loss"], test_acc=test["acc"], test_samples=len(self.test_loader.dataset))
-            rec["sparsity"] = self.method.sparsity()
-            rec["layer_sparsity"] = self.method.layer_sparsity()
-            f = None
-            if r.measure_flops:
-                f = float(inference_flops(self.model, self.example))
-                per_sample = getattr(self.method, "training_flops_per_sample", None)
-                tf = float(per_sample(f, self.f_dense)) if per_sample else 3.0 * f
-                rel_epoch = tf / (3.0 * self.f_dense)
-                self.state["train_flops_cum"] += rel_epoch
-                rec.update(inference_flops=f, inference_flops_rel=f / self.f_dense, dense_inference_flops=self.f_dense,
-                           train_flops_epoch_rel=rel_epoch,
-                           train_flops_cum_rel=self.state["train_flops_cum"] / r.epochs,
-                           train_flops_samples=len(self.bundle.train))
-            for hook in self.epoch_hooks:
-                rec.update(hook(self, epoch) or {})
-            rec.update(self._pending)
-            self._pending = {}
-            if yields_dense and phase == "dense" and self._dense_eligible():
-                self._track_dense(epoch, val, test)
-            self._last_eval = (val, test, f)  # reused by _finish unless a mask event changes the model first
-            # the epoch's last method step: may compress / decompress
-            self.method.step()
-            if phase == "dense" and self.method.phase == "sparse":
-                rec["dense_zero_fraction"] = rec["sparsity"]  # zeros left at the end of a dense phase (Table 8)
-            self.state["elapsed"] += time.perf_counter() - t0
-            rec["time"] = train_time
-            rec["epoch_time"] = time.perf_counter() - t0
-            rec["elapsed"] = self.state["elapsed"]
-            if self.dist.is_main:
-                with open(mpath, "a") as fh:
-                    fh.write(strict_json(rec) + "\n")
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                logger.log(rec)
-            self.state["epoch"] = epoch + 1
-            self._checkpoint()
-            if self.progress:
-                print(f"epoch {epoch + 1:3d}/{r.epochs} {phase:6s} loss {train['loss']:.4f} "
-                      f"val_acc {val['acc']:.4f} sparsity {rec['sparsity']:.3f} ({rec['epoch_time']:.1f}s)",
-                      flush=True)
-        logger.close()
-        return TrainResult(self.out_dir, self._finish())
+            atomic_write_text(self.out_dir / "recipe.yaml", dump_recipe(self.recipe))
+
+    def _enter_phase(self, epoch: int) -> str:
+        """The phase of the model about to be evaluated; remembers the epoch its phase started."""
+        phase = self._model_phase()
+        if phase != self.state.get("phase"):
+            self.state["phase"], self.state["phase_start"] = phase, epoch
+        return phase
+
+    def _record(self, epoch: int, phase: str, train: dict[str, float], val: dict[str, float],
+                test: dict[str, float] | None) -> dict[str, Any]:
+        """The epoch's metrics line: losses/accuracies, sparsity, FLOPs, hook values and the pending mask events."""
+        rec: dict[str, Any] = {
+            "epoch": epoch, "phase": phase, "lr": self.optimizer.param_groups[0]["lr"],
+            "train_loss": train["loss"], "train_acc": train["acc"],
+            "val_loss": val["loss"], "val_acc": val["acc"], "val_samples": len(self.val_loader.dataset),
+        }
+        if "ppl" in val:
+            rec["val_ppl"] = val["ppl"]
+        if test is not None:
+            rec.update(test_loss=test["loss"], test_acc=test["acc"], test_samples=len(self.test_loader.dataset))
+        rec["sparsity"] = self.method.sparsity()
+        rec["layer_sparsity"] = self.method.layer_sparsity()
+        if self.recipe.measure_flops:
+            rec.update(self._flops_record())
+        for hook in self.epoch_hooks:
+            rec.update(hook(self, epoch) or {})
+        rec.update(self._pending)
+        self._pending = {}
+        return rec
+
+    def _flops_record(self) -> dict[str, float]:
+        """Inference FLOPs of the current model and the epoch's training FLOPs relative to a dense epoch."""
+        f = float(inference_flops(self.model, self.example))
+        per_sample = getattr(self.method, "training_flops_per_sample", None)
+        tf = per_sample(f, self.f_dense) if per_sample else None
+        rel_epoch = epoch_training_flops_rel(step_flops_per_sample(f) if tf is None else float(tf), self.f_dense)
+        self.state["train_flops_cum"] += rel_epoch
+        return {"inference_flops": f, "inference_flops_rel": f / self.f_dense, "dense_inference_flops": self.f_dense,
+                "train_flops_epoch_rel": rel_epoch,
+                "train_flops_cum_rel": self.state["train_flops_cum"] / self.recipe.epochs,
+                "train_flops_samples": len(self.bundle.train)}
+
+    def _persist(self, epoch: int, rec: dict[str, Any], logger: Any) -> None:
+        """Append the metrics line (fsync'd; rank 0), log it, then checkpoint the state after this epoch."""
+        if self.dist.is_main:
+            with open(self.out_dir / "metrics.jsonl", "a") as fh:
+                fh.write(strict_json(rec) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            logger.log(rec)
+        self.state["epoch"] = epoch + 1
+        self._checkpoint()
 
     def _track_dense(self, epoch: int, val: dict[str, float], test: dict[str, float] | None) -> None:
         """Candidates for the run's dense model: the best (on validation) and the last eligible dense epoch;
@@ -452,16 +502,12 @@ class Trainer:
             save_model(self.out_dir / "dense.safetensors", self.model, meta)
 
     def _finish(self) -> dict[str, Any]:
+        """Finalize the method, save the final (= sparse) model and write ``summary.json``."""
         r = self.recipe
         finalize = getattr(self.method, "finalize", None)
         if callable(finalize):
-            finalize()
-            self._last_eval = None
-        val, test, f = self._last_eval or (None, None, None)
-        if val is None:  # the model changed since the last epoch's validation (or the run was already complete)
-            val, test = self._evaluate()
-        if f is None and r.measure_flops:
-            f = float(inference_flops(self.model, self.example))
+            finalize()  # a method that changes the model here emits an event (see _final_eval)
+        val, test, f = self._final_eval()
         final_sparsity = self.method.sparsity()
         meta = {"epoch": r.epochs - 1, "val_acc": val["acc"], "val_loss": val["loss"], "sparsity": final_sparsity,
                 "method": r.method_name}
@@ -469,10 +515,34 @@ class Trainer:
             save_model(self.out_dir / "final.safetensors", self.model, meta)
             if r.method_name != "dense":  # the final model is the sparse model: same bytes, no second write
                 link_or_copy(self.out_dir / "final.safetensors", self.out_dir / "sparse.safetensors")
+        summary = self._summary(val, test, final_sparsity)
+        if r.measure_flops:
+            summary["train_flops_rel"] = self.state["train_flops_cum"] / r.epochs
+            summary["inference_flops_rel"] = f / self.f_dense
+            summary["dense_inference_flops"] = self.f_dense
+        if self.dist.is_main:
+            atomic_write_text(self.out_dir / "summary.json", strict_json(summary, indent=2))
+        self.dist.barrier()  # files are complete when any rank returns
+        return summary
+
+    def _final_eval(self) -> tuple[dict[str, float], dict[str, float] | None, float | None]:
+        """(val, test, inference FLOPs) of the final model: the last epoch's, unless a mask event after that
+        epoch's validation (its last step, ``finalize``) changed the model, or no epoch ran in this process."""
+        val, test, f = self._last_epoch or (None, None, None)
+        if val is None or self._pending.get("events"):
+            val, test = self._evaluate()
+            f = None
+        if f is None and self.recipe.measure_flops:
+            f = float(inference_flops(self.model, self.example))
+        return val, test, f
+
+    def _summary(self, val: dict[str, float], test: dict[str, float] | None, sparsity: float) -> dict[str, Any]:
+        """``summary.json`` without the FLOPs: final (and sparse) results, eval sizes, files, the dense model."""
+        r = self.recipe
+        test_res = {} if test is None else {"test_acc": test["acc"], "test_loss": test["loss"]}
         summary: dict[str, Any] = {
             "name": r.name, "method": r.method_name, "target_sparsity": r.sparsity, "epochs": r.epochs,
-            "final": {"val_acc": val["acc"], "val_loss": val["loss"], "sparsity": final_sparsity,
-                      **({} if test is None else {"test_acc": test["acc"], "test_loss": test["loss"]})},
+            "final": {"val_acc": val["acc"], "val_loss": val["loss"], "sparsity": sparsity, **test_res},
             "eval": {"val_samples": len(self.val_loader.dataset), "pick_on": "val",
                      "report_on": "val" if test is None else "test",
                      **({} if test is None else {"test_samples": len(self.test_loader.dataset)})},
@@ -488,22 +558,22 @@ class Trainer:
             summary["sparse"] = dict(summary["final"])
             summary["files"]["sparse"] = "sparse.safetensors"
         if self.state.get("best_dense"):
-            rule = (f"{r.dense_pick} dense epoch" + (" on validation" if r.dense_pick == "best" else "")
-                    + (" after the first compression" if r.dense_from == "after_compression"
-                       and r.method_name != "dense" else ""))
-            for key in ("best", "last"):
-                if self.state.get(f"{key}_dense"):
-                    summary[f"dense_{key}"] = {k: v for k, v in self.state[f"{key}_dense"].items() if k != "score"}
-            summary["dense"] = dict(summary.get(f"dense_{r.dense_pick}", summary["dense_best"]), rule=rule)
+            summary.update(self._dense_summary())
             summary["files"]["dense"] = "dense.safetensors"
-        if r.measure_flops:
-            summary["train_flops_rel"] = self.state["train_flops_cum"] / r.epochs
-            summary["inference_flops_rel"] = f / self.f_dense
-            summary["dense_inference_flops"] = self.f_dense
-        if self.dist.is_main:
-            atomic_write_text(self.out_dir / "summary.json", strict_json(summary, indent=2))
-        self.dist.barrier()  # files are complete when any rank returns
         return summary
+
+    def _dense_summary(self) -> dict[str, Any]:
+        """The run's dense model (``dense``, by the recipe's ``dense_pick``) and both candidates, best and last."""
+        r = self.recipe
+        rule = (f"{r.dense_pick} dense epoch" + (" on validation" if r.dense_pick == "best" else "")
+                + (" after the first compression" if r.dense_from == "after_compression"
+                   and r.method_name != "dense" else ""))
+        out: dict[str, Any] = {}
+        for key in ("best", "last"):
+            if self.state.get(f"{key}_dense"):
+                out[f"dense_{key}"] = {k: v for k, v in self.state[f"{key}_dense"].items() if k != "score"}
+        out["dense"] = dict(out.get(f"dense_{r.dense_pick}", out["dense_best"]), rule=rule)
+        return out
 
 
 def _diff_count(frac: float | None, n: int) -> dict[str, int]:
