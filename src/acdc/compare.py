@@ -24,11 +24,8 @@ A run dir whose ``recipe.yaml`` differs from the recipe it would now get is an e
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
-import json
-import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +35,8 @@ from typing import Any
 import yaml
 
 from .methods import available
+from .report.rundata import read_summary
+from .report.tables import EMPTY, fmt_num, fmt_pm, md_table
 from .train.recipe import Recipe, RecipeError, apply_overrides, dump_recipe, load_raw_recipe, parse_recipe
 
 try:
@@ -45,7 +44,7 @@ try:
 except ImportError:  # pragma: no cover
     tqdm = None
 
-DASH = "–"
+DASH = EMPTY  # the empty cell of the tables (one dash style with `acdc report`)
 CSV_COLUMNS = [
     "method", "target_sparsity", "seeds",
     "top1_mean", "top1_std", "sparsity_mean",
@@ -108,16 +107,7 @@ def default_oneshot_epochs(epochs: int) -> int:
     return max(1, round(0.25 * epochs))
 
 
-def plan_runs(
-    raw: dict[str, Any],
-    methods: Sequence[str],
-    sparsities: Sequence[float],
-    seeds: int,
-    *,
-    method_opts: Sequence[str] | None = None,
-    oneshot_epochs: int | None = None,
-) -> list[RunSpec]:
-    """Every run of the comparison, in execution order (seed-major; a seed's dense run comes first)."""
+def _check_plan(methods: Sequence[str], sparsities: Sequence[float], seeds: int) -> None:
     known = set(available())
     unknown = [m for m in methods if m not in known]
     if unknown:
@@ -129,6 +119,27 @@ def plan_runs(
     for s in sparsities:
         if not 0 < s < 1:
             raise ValueError(f"--sparsity values must be in (0, 1), got {s}")
+
+
+def _recipe_for(base: Recipe, method: str, sparsity: float, k: int, opts: Sequence[str]) -> Recipe:
+    """One run's recipe: the base recipe with ``method`` (its options kept when it is the base's own method) at
+    ``sparsity``, seed + ``k``, and the method's ``--method-opt`` overrides."""
+    r = base.with_method(method, sparsity if method != "dense" else None, seed=base.seed + k,
+                         name=f"{base.name}-{run_name(method, sparsity, k)}")
+    return parse_recipe(apply_overrides(r.to_dict(), [f"method.{o}" for o in opts]))
+
+
+def plan_runs(
+    raw: dict[str, Any],
+    methods: Sequence[str],
+    sparsities: Sequence[float],
+    seeds: int,
+    *,
+    method_opts: Sequence[str] | None = None,
+    oneshot_epochs: int | None = None,
+) -> list[RunSpec]:
+    """Every run of the comparison, in execution order (seed-major; a seed's dense run comes first)."""
+    _check_plan(methods, sparsities, seeds)
     opts = parse_method_opts(method_opts)
     stray = sorted(set(opts) - set(methods))
     if stray:
@@ -138,32 +149,16 @@ def plan_runs(
     ft_epochs = default_oneshot_epochs(epochs) if oneshot_epochs is None else int(oneshot_epochs)
     if "oneshot" in methods and not 1 <= ft_epochs <= epochs:
         raise ValueError(f"--oneshot-epochs must be in [1, {epochs}], got {ft_epochs}")
-    rec_method = dict(raw.get("method") or {"name": "dense"})
-    if isinstance(raw.get("method"), str):
-        rec_method = {"name": raw["method"]}
-
-    def recipe_for(method: str, sparsity: float, k: int) -> Recipe:
-        r = copy.deepcopy(raw)
-        r["seed"] = base.seed + k
-        r["name"] = f"{base.name}-{run_name(method, sparsity, k)}"
-        block = {k2: v for k2, v in rec_method.items() if k2 != "sparsity"} if rec_method.get("name") == method \
-            else {"name": method}
-        if method != "dense":
-            block["sparsity"] = sparsity
-        r["method"] = block
-        r = apply_overrides(r, [f"method.{o}" for o in opts.get(method, [])])
-        return parse_recipe(r)
-
     specs: list[RunSpec] = []
     need_dense = "dense" in methods or "oneshot" in methods
     for k in range(seeds):
         if need_dense:
-            specs.append(RunSpec("dense", 0.0, k, recipe_for("dense", 0.0, k)))
+            specs.append(RunSpec("dense", 0.0, k, _recipe_for(base, "dense", 0.0, k, opts.get("dense", []))))
         for s in sparsities:
             for m in methods:
                 if m == "dense":
                     continue
-                spec = RunSpec(m, float(s), k, recipe_for(m, float(s), k))
+                spec = RunSpec(m, float(s), k, _recipe_for(base, m, float(s), k, opts.get(m, [])))
                 if m == "oneshot":
                     spec.start_epoch = epochs - ft_epochs
                     spec.init_from = run_name("dense", 0.0, k)
@@ -193,6 +188,33 @@ def _needs_finetune(spec: RunSpec, run_dir: Path) -> bool:
     return spec.method == "acdc" and not (run_dir / "finetune_dense" / "summary.json").is_file()
 
 
+def _check_recipes(specs: Sequence[RunSpec], runs: Path) -> None:
+    for spec in specs:
+        d = runs / spec.name
+        if not _recipe_matches(d, spec.recipe):
+            raise ValueError(f"{d} was trained with a different recipe than this comparison now gives it; "
+                             "use another --out (or delete that run dir)")
+
+
+def _train_run(spec: RunSpec, runs: Path, status: str, bar: Any) -> None:
+    """Train (or resume) one run; a run that needs dense initial weights starts from its dense run's model."""
+    from .train.loop import Trainer
+
+    hooks = []
+    if bar is not None:
+        def hook(tr: Any, epoch: int, _bar: Any = bar, _n: str = spec.name) -> dict:
+            _bar.set_description(f"{_n} epoch {epoch + 1}/{tr.recipe.epochs}")
+            return {}
+        hooks.append(hook)
+    init = None
+    if spec.init_from is not None and status == "new":
+        init = runs / spec.init_from / "final.safetensors"
+        if not init.is_file():
+            raise FileNotFoundError(f"{spec.name} needs the dense model {init}; train dense first")
+    Trainer(spec.recipe, runs / spec.name, resume=status == "partial", progress=False, init_weights=init,
+            start_epoch=spec.start_epoch, epoch_hooks=hooks).run()
+
+
 def execute(
     specs: Sequence[RunSpec],
     out_dir: Path,
@@ -203,15 +225,10 @@ def execute(
 ) -> tuple[list[str], list[str]]:
     """Train every run not yet finished (and dense-fine-tune AC/DC runs); returns (ran, skipped) run names."""
     from .train.finetune import finetune_dense
-    from .train.loop import Trainer
 
     runs = out_dir / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    for spec in specs:
-        d = runs / spec.name
-        if not _recipe_matches(d, spec.recipe):
-            raise ValueError(f"{d} was trained with a different recipe than this comparison now gives it; "
-                             "use another --out (or delete that run dir)")
+    _check_recipes(specs, runs)
     ran: list[str] = []
     skipped: list[str] = []
     bar = tqdm(total=len(specs), desc="compare", unit="run", dynamic_ncols=True) if progress and tqdm else None
@@ -222,32 +239,18 @@ def execute(
             todo_ft = finetune and _needs_finetune(spec, d)
             if status == "done" and not todo_ft:
                 skipped.append(spec.name)
+            else:
                 if bar is not None:
-                    bar.update(1)
-                continue
-            if bar is not None:
-                bar.set_description(f"{spec.name} ({status})")
-            if status != "done":
-                hooks = []
-                if bar is not None:
-                    def hook(tr: Any, epoch: int, _bar: Any = bar, _n: str = spec.name) -> dict:
-                        _bar.set_description(f"{_n} epoch {epoch + 1}/{tr.recipe.epochs}")
-                        return {}
-                    hooks.append(hook)
-                init = None
-                if spec.init_from is not None and status == "new":
-                    init = runs / spec.init_from / "final.safetensors"
-                    if not init.is_file():
-                        raise FileNotFoundError(f"{spec.name} needs the dense model {init}; train dense first")
-                Trainer(spec.recipe, d, resume=status == "partial", progress=False, init_weights=init,
-                        start_epoch=spec.start_epoch, epoch_hooks=hooks).run()
-            if todo_ft and (d / "dense.safetensors").is_file():  # none without a dense epoch after compression
-                if bar is not None:
-                    bar.set_description(f"{spec.name} dense fine-tune")
-                finetune_dense(d, progress=False)
-            ran.append(spec.name)
-            if log is not None:
-                log(f"finished {spec.name}")
+                    bar.set_description(f"{spec.name} ({status})")
+                if status != "done":
+                    _train_run(spec, runs, status, bar)
+                if todo_ft and (d / "dense.safetensors").is_file():  # none without a dense epoch after compression
+                    if bar is not None:
+                        bar.set_description(f"{spec.name} dense fine-tune")
+                    finetune_dense(d, progress=False)
+                ran.append(spec.name)
+                if log is not None:
+                    log(f"finished {spec.name}")
             if bar is not None:
                 bar.update(1)
     finally:
@@ -257,10 +260,6 @@ def execute(
 
 
 # ---------------------------------------------------------------------- aggregation
-def _load_json(p: Path) -> dict[str, Any]:
-    return json.loads(p.read_text())
-
-
 def run_record(spec: RunSpec, out_dir: Path) -> dict[str, Any]:
     """The numbers of one finished run (accuracies as fractions; ``None`` where not applicable).
 
@@ -270,7 +269,7 @@ def run_record(spec: RunSpec, out_dir: Path) -> dict[str, Any]:
     best of those candidates on validation).
     """
     d = out_dir / "runs" / spec.name
-    s = _load_json(d / "summary.json")
+    s = read_summary(d)
     split = "test" if "test_acc" in s["final"] else "val"
     key = f"{split}_acc"
 
@@ -285,11 +284,11 @@ def run_record(spec: RunSpec, out_dir: Path) -> dict[str, Any]:
         "inference_flops_rel": s.get("inference_flops_rel"), "train_flops_rel": s.get("train_flops_rel"),
         "wall_time": s.get("wall_time"),
     }
-    ft = d / "finetune_dense" / "summary.json"
-    if ft.is_file():
-        rec["dense_ft_top1"] = acc(_load_json(ft)["final"])
+    ft = read_summary(d / "finetune_dense", required=False)
+    if ft:
+        rec["dense_ft_top1"] = acc(ft["final"])
     if spec.init_from is not None:  # oneshot: add the dense pre-training it builds on
-        ds = _load_json(out_dir / "runs" / spec.init_from / "summary.json")
+        ds = read_summary(out_dir / "runs" / spec.init_from)
         if rec["train_flops_rel"] is not None and ds.get("train_flops_rel") is not None:
             rec["train_flops_rel"] += ds["train_flops_rel"]
         rec["wall_time"] = (rec["wall_time"] or 0.0) + (ds.get("wall_time") or 0.0)
@@ -330,16 +329,6 @@ def aggregate(specs: Sequence[RunSpec], out_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _fmt(v: float | None, digits: int) -> str:
-    return DASH if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
-
-
-def _pm(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return DASH
-    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
-
-
 def to_csv(rows: Sequence[dict[str, Any]]) -> str:
     """CSV with :data:`CSV_COLUMNS`; accuracies in percent; empty cells where a method has no such value."""
     buf = io.StringIO()
@@ -355,16 +344,16 @@ def to_markdown(rows: Sequence[dict[str, Any]], *, title: str, notes: Sequence[s
     head = ["method", "target sparsity", "seeds", "top-1 % final model (mean ± std)", "achieved sparsity",
             "dense top-1 %: last", "dense top-1 %: best on val", "dense fine-tuned top-1 %",
             "inference FLOPs (rel.)", "training FLOPs (rel.)", "wall time (s)"]
-    lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     for r in rows:
         cells = [r["method"], f"{r['target_sparsity']:g}", str(r["seeds"]),
-                 _pm(r["top1_mean"], r["top1_std"]), _fmt(r["sparsity_mean"], 3),
-                 _pm(r["dense_last_top1_mean"], r["dense_last_top1_std"]),
-                 _pm(r["dense_best_top1_mean"], r["dense_best_top1_std"]),
-                 _pm(r["dense_ft_top1_mean"], r["dense_ft_top1_std"]),
-                 _fmt(r["inference_flops_rel"], 3), _fmt(r["train_flops_rel"], 3), _fmt(r["wall_time_s"], 1)]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
+                 fmt_pm(r["top1_mean"], r["top1_std"]), fmt_num(r["sparsity_mean"], 3),
+                 fmt_pm(r["dense_last_top1_mean"], r["dense_last_top1_std"]),
+                 fmt_pm(r["dense_best_top1_mean"], r["dense_best_top1_std"]),
+                 fmt_pm(r["dense_ft_top1_mean"], r["dense_ft_top1_std"]),
+                 fmt_num(r["inference_flops_rel"], 3), fmt_num(r["train_flops_rel"], 3), fmt_num(r["wall_time_s"], 1)]
+        body.append(cells)
+    lines = [f"# {title}", "", md_table(head, body), ""]
     lines.extend(f"- {n}" for n in notes)
     return "\n".join(lines) + "\n"
 

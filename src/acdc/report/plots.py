@@ -1,6 +1,6 @@
 """Figures of AC/DC runs (paper Fig. 1/5a, 5b, 6a/b, 2b and a training-FLOPs / per-layer-density view).
 
-Every function takes a list of :class:`~acdc.report.report.RunData` (several runs overlay on one figure, the
+Every function takes a list of :class:`~acdc.report.rundata.RunData` (several runs overlay on one figure, the
 legend being the run name) and a PNG path, draws with matplotlib's object API on an Agg canvas (no pyplot
 global state, no display needed) and returns the path, or None when no run has the data the figure needs.
 
@@ -10,14 +10,15 @@ is drawn at ``x = e + 1`` ("epochs completed"), and the epoch's phase shades the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .report import RunData
+from .rundata import RunData, epoch_phase
 
 __all__ = [
+    "FIGURES",
+    "figure",
     "phase_segments",
     "legend_labels",
     "plot_accuracy",
@@ -27,6 +28,20 @@ __all__ = [
     "plot_layer_density",
     "plot_memorization",
 ]
+
+# file name -> (title, caption, plot function), each registered by @figure beside its drawing code (report order)
+FIGURES: dict[str, tuple[str, str, Callable[..., Path | None]]] = {}
+
+
+def figure(file: str, title: str, caption: str) -> Callable[[Callable[..., Path | None]], Callable[..., Path | None]]:
+    """Register a plot function as ``file`` of the report, with its title and caption."""
+
+    def deco(fn: Callable[..., Path | None]) -> Callable[..., Path | None]:
+        FIGURES[file] = (title, caption, fn)
+        return fn
+
+    return deco
+
 
 SPARSE_SHADE = "#9e9e9e"
 _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
@@ -66,16 +81,6 @@ def _save(fig: Any, path: str | Path) -> Path:
 def color(i: int) -> str:
     """Line colour of the ``i``-th run."""
     return _COLORS[i % len(_COLORS)]
-
-
-def epoch_phase(m: dict[str, Any]) -> str:
-    """The phase of one metrics line, matching its model: a ``sparse`` label on a model with sparsity exactly 0
-    (GMP before its ramp, in runs logged before the loop labelled epochs by their model) reads as ``dense``."""
-    ph = str(m.get("phase", "dense"))
-    sp = m.get("sparsity")
-    if ph == "sparse" and isinstance(sp, (int, float)) and sp == 0:
-        return "dense"
-    return ph
 
 
 def phase_segments(metrics: Sequence[dict[str, Any]]) -> list[tuple[str, float, float]]:
@@ -136,6 +141,9 @@ def _epoch_axis(ax: Any, runs: Sequence[RunData]) -> None:
     ax.grid(True, alpha=0.3)
 
 
+@figure("accuracy.png", "Validation accuracy",
+        "Top-1 validation accuracy after each epoch; grey bands are the sparse (compressed) phases, stars the "
+        "dense model (dense.safetensors) (paper Fig. 1 / 5a).")
 def plot_accuracy(runs: Sequence[RunData], path: str | Path) -> Path | None:
     """Validation accuracy (perplexity for language models) per epoch, sparse phases shaded (Fig. 1 / 5a)."""
     lm = all(any("val_ppl" in m for m in r.metrics) for r in runs) and runs
@@ -165,6 +173,9 @@ def plot_accuracy(runs: Sequence[RunData], path: str | Path) -> Path | None:
     return _save(fig, path)
 
 
+@figure("mask_difference.png", "Mask dynamics",
+        "Fraction of prunable weights whose kept/pruned status changed between consecutive compressions (paper "
+        "Fig. 5b; normalised by all prunable weights, so two 90%-sparse masks differ by at most 20%).")
 def plot_mask_difference(runs: Sequence[RunData], path: str | Path) -> Path | None:
     """Mask difference between consecutive compressions (Fig. 5b): XOR of the kept sets / all prunable weights."""
     series = []
@@ -202,6 +213,9 @@ def _phase_ends(run: RunData, phase: str) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
+@figure("inference_flops.png", "Inference FLOPs",
+        "Inference FLOPs per sample relative to the dense model, per epoch and at the end of each sparse / dense "
+        "phase (paper Fig. 6a/b).")
 def plot_inference_flops(runs: Sequence[RunData], path: str | Path) -> Path | None:
     """Inference FLOPs relative to dense: per epoch, at the end of each sparse phase (6a), of each dense phase (6b)."""
     runs_f = _runs_with(runs, "inference_flops_rel")
@@ -236,6 +250,9 @@ def plot_inference_flops(runs: Sequence[RunData], path: str | Path) -> Path | No
     return _save(fig, path)
 
 
+@figure("training_flops.png", "Training FLOPs",
+        "Cumulative training FLOPs as a fraction of a full dense run of the same length; the dashed diagonal is "
+        "dense training.")
 def plot_training_flops(runs: Sequence[RunData], path: str | Path) -> Path | None:
     """Cumulative training FLOPs as a fraction of a full dense run's budget; dense training is the diagonal."""
     runs_f = _runs_with(runs, "train_flops_cum_rel")
@@ -264,6 +281,9 @@ def _count(n: int) -> str:
     return str(n)
 
 
+@figure("layer_density.png", "Per-layer density",
+        "Non-zero fraction of each prunable layer of the final sparse model (sparse.safetensors, else the last "
+        "metrics line).")
 def plot_layer_density(runs: Sequence[RunData], path: str | Path) -> Path | None:
     """Per-layer density (non-zero fraction) of each run's final sparse model, grouped bars."""
     dens = [(i, r, r.final_layer_density()) for i, r in enumerate(runs)]
@@ -302,6 +322,10 @@ def plot_layer_density(runs: Sequence[RunData], path: str | Path) -> Path | None
     return _save(fig, path)
 
 
+@figure("memorization.png", "Memorization",
+        "Accuracy on the training samples with corrupted labels, w.r.t. their true labels (solid) and the "
+        "corrupted labels (dashed) (paper Fig. 2b, 8, 9). The ~1/C of samples whose random label equals the true "
+        "one count for both curves.")
 def plot_memorization(runs: Sequence[RunData], path: str | Path) -> Path | None:
     """Accuracy on the corrupted training samples w.r.t. their true and their corrupted labels (Fig. 2b, 8, 9)."""
     runs_m = _runs_with(runs, "mem_acc_true")
