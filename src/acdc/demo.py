@@ -8,28 +8,26 @@ compression), and the output paths.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import yaml
 
 from .train.loop import Trainer
-from .train.recipe import parse_recipe
+from .train.recipe import Recipe, parse_recipe
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "mnist5k_acdc.yaml"
 
-def demo_recipes(epochs: int | None = None) -> tuple[dict, dict]:
+def demo_recipes(epochs: int | None = None) -> tuple[Recipe, Recipe]:
+    """The demo's (dense, AC/DC) recipes: the bundled AC/DC recipe and the same recipe with the dense method."""
     if not RECIPE.is_file():
         raise FileNotFoundError(f"demo recipe {RECIPE} not found: run the demo from a checkout of the repository")
     raw = yaml.safe_load(RECIPE.read_text())
     if epochs is not None:
         raw["epochs"] = epochs
         raw["method"]["schedule"] = "paper_imagenet"  # stretched to `epochs`
-    dense = json.loads(json.dumps(raw))
-    dense["name"] = "mnist5k-dense"
-    dense["method"] = {"name": "dense"}
-    return dense, raw
+    acdc = parse_recipe(raw)
+    return acdc.with_method("dense", name="mnist5k-dense"), acdc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,11 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--progress", action="store_true", help="show tqdm bars")
     args = ap.parse_args(argv)
     out = Path(args.out)
-    dense_raw, acdc_raw = demo_recipes(args.epochs)
+    dense_recipe, acdc_recipe = demo_recipes(args.epochs)
     t0 = time.perf_counter()
     results = {}
-    for key, raw in (("dense", dense_raw), ("acdc", acdc_raw)):
-        recipe = parse_recipe(raw)
+    for key, recipe in (("dense", dense_recipe), ("acdc", acdc_recipe)):
         print(f"== {key}: {recipe.name}, {recipe.epochs} epochs ==", flush=True)
         # a re-run of the demo replaces the previous one
         results[key] = Trainer(recipe, out / key, progress=args.progress, overwrite=True).run().summary
