@@ -1,6 +1,6 @@
 """Table cells and tables shared by ``acdc report`` and ``acdc compare``: one number style, one empty cell.
 
-:data:`EMPTY` is the cell of a value a run does not have (one dash style everywhere: an em dash).
+:data:`EMPTY` is the cell of a value a run does not have (one dash style everywhere: an en dash).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 __all__ = ["EMPTY", "fmt_num", "fmt_pct", "fmt_pm", "fmt_secs", "html_table", "md_table"]
 
-EMPTY = "—"
+EMPTY = "–"
 
 
 def fmt_num(v: float | None, digits: int) -> str:
