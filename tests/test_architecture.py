@@ -9,8 +9,6 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[1] / "src" / "acdc"
 MAX_FUNCTION_LINES = 50
 # Files allowed longer functions (relative to src/acdc); empty: every function is under the limit.
@@ -82,8 +80,6 @@ def _string_constants(node: ast.AST) -> list[str]:
     return []
 
 
-@pytest.mark.xfail(strict=True, reason="the method contract of issue 9 (9A's commit) replaces these comparisons; "
-                   "remove this mark when it lands")
 def test_no_method_name_comparisons_outside_the_registry():
     """`recipe.method_name == "dense"` / `"oneshot" in methods` decide by name; the method contract decides instead.
 

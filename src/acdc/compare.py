@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from .methods import available
+from .methods import Dense, available, method_class
 from .report.rundata import read_summary
 from .report.tables import EMPTY, fmt_num, fmt_pm, md_table
 from .train.recipe import Recipe, RecipeError, apply_overrides, dump_recipe, load_raw_recipe, parse_recipe
@@ -124,7 +124,7 @@ def _check_plan(methods: Sequence[str], sparsities: Sequence[float], seeds: int)
 def _recipe_for(base: Recipe, method: str, sparsity: float, k: int, opts: Sequence[str]) -> Recipe:
     """One run's recipe: the base recipe with ``method`` (its options kept when it is the base's own method) at
     ``sparsity``, seed + ``k``, and the method's ``--method-opt`` overrides."""
-    r = base.with_method(method, sparsity if method != "dense" else None, seed=base.seed + k,
+    r = base.with_method(method, sparsity if method_class(method).yields_sparse else None, seed=base.seed + k,
                          name=f"{base.name}-{run_name(method, sparsity, k)}")
     return parse_recipe(apply_overrides(r.to_dict(), [f"method.{o}" for o in opts]))
 
@@ -147,21 +147,21 @@ def plan_runs(
     base = parse_recipe(raw)  # validate once, with a clear error
     epochs = base.epochs
     ft_epochs = default_oneshot_epochs(epochs) if oneshot_epochs is None else int(oneshot_epochs)
-    if "oneshot" in methods and not 1 <= ft_epochs <= epochs:
+    if any(method_class(m).needs_dense_init for m in methods) and not 1 <= ft_epochs <= epochs:
         raise ValueError(f"--oneshot-epochs must be in [1, {epochs}], got {ft_epochs}")
     specs: list[RunSpec] = []
-    need_dense = "dense" in methods or "oneshot" in methods
+    need_dense = any(not method_class(m).yields_sparse or method_class(m).needs_dense_init for m in methods)
     for k in range(seeds):
         if need_dense:
-            specs.append(RunSpec("dense", 0.0, k, _recipe_for(base, "dense", 0.0, k, opts.get("dense", []))))
+            specs.append(RunSpec(Dense.name, 0.0, k, _recipe_for(base, Dense.name, 0.0, k, opts.get(Dense.name, []))))
         for s in sparsities:
             for m in methods:
-                if m == "dense":
+                if not method_class(m).yields_sparse:
                     continue
                 spec = RunSpec(m, float(s), k, _recipe_for(base, m, float(s), k, opts.get(m, [])))
-                if m == "oneshot":
+                if method_class(m).needs_dense_init:
                     spec.start_epoch = epochs - ft_epochs
-                    spec.init_from = run_name("dense", 0.0, k)
+                    spec.init_from = run_name(Dense.name, 0.0, k)
                 specs.append(spec)
     return specs
 
@@ -185,7 +185,7 @@ def run_status(run_dir: Path) -> str:
 def _needs_finetune(spec: RunSpec, run_dir: Path) -> bool:
     if (run_dir / "summary.json").is_file() and not (run_dir / "dense.safetensors").is_file():
         return False  # a finished run without a dense model (no dense epoch after its first compression)
-    return spec.method == "acdc" and not (run_dir / "finetune_dense" / "summary.json").is_file()
+    return method_class(spec.method).has_dense_finetune and not (run_dir / "finetune_dense" / "summary.json").is_file()
 
 
 def _check_recipes(specs: Sequence[RunSpec], runs: Path) -> None:
@@ -392,8 +392,9 @@ def _notes(raw_recipe: Recipe, oneshot_ft: int | None, methods: Sequence[str]) -
         "FLOPs relative to the dense model: inference of the final model; training averaged over all epochs "
         "(RigL per its paper's convention, Top-KAST as f_A + f_A + f_B).",
     ]
-    if "oneshot" in methods and oneshot_ft is not None:
-        notes.append(f"oneshot: the dense run's final model pruned once, fine-tuned {oneshot_ft} epoch(s) on the tail "
+    if oneshot_ft is not None:
+        names = ", ".join(m for m in methods if method_class(m).needs_dense_init)
+        notes.append(f"{names}: the dense run's final model pruned once, fine-tuned {oneshot_ft} epoch(s) on the tail "
                      "of the LR schedule; its training FLOPs and wall time include the dense pre-training.")
     return notes
 
@@ -432,7 +433,7 @@ def compare(
     out = Path(out_dir)
     ran, skipped = execute(specs, out, progress=progress, log=log)
     base = parse_recipe(raw)
-    ft = next((base.epochs - s.start_epoch for s in specs if s.method == "oneshot"), None)
+    ft = next((base.epochs - s.start_epoch for s in specs if method_class(s.method).needs_dense_init), None)
     rows = write_tables(specs, out, notes=_notes(base, ft, methods),
                         title=f"{base.name}: " + ", ".join(dict.fromkeys(s.method for s in specs)))
     return CompareResult(out, rows, ran, skipped)

@@ -153,6 +153,5 @@ class MethodDriver:
 
     def finalize(self) -> None:
         """End of training: methods that reparametrize (STR) write their sparse weights back into the model."""
-        finalize = getattr(self.method, "finalize", None)
-        if callable(finalize):
-            finalize()
+        if self.method is not None:
+            self.method.finalize()

@@ -29,6 +29,7 @@ class ACDC(SparseMethod):
 
     name = "acdc"
     yields_dense = True
+    has_dense_finetune = True
 
     def __init__(
         self,

@@ -43,7 +43,12 @@ class SparseMethod:
     """Shared plumbing: prunable parameters, masks, hooks, step counting, events, state_dict."""
 
     name = "base"
-    yields_dense = False  # True when the method also produces a dense model (AC/DC)
+    # The method contract: what a training loop, compare or report may rely on, instead of testing method names.
+    yields_sparse: bool = True  # the final model is sparse (False only for the dense baseline)
+    yields_dense: bool = False  # a dense model also comes out of training (AC/DC's dense phases, the dense baseline)
+    needs_dense_init: bool = False  # prunes a trained dense model (one-shot): start it from a dense run's weights
+    has_dense_finetune: bool = False  # its best dense model can be fine-tuned densely (AC/DC: `acdc finetune-dense`)
+    compressions: int = 0  # sparse-phase starts so far (AC/DC counts them; a dense model counts after the first)
 
     def __init__(
         self,
@@ -193,6 +198,17 @@ class SparseMethod:
 
     def _on_step(self) -> None:
         pass
+
+    def finalize(self) -> None:
+        """End of training: leave a plain model (e.g. STR bakes its thresholds into the weights). Default: nothing.
+        A method that changes the model here emits an event, so callers know to re-evaluate it."""
+
+    def training_flops_per_sample(self, current_flops_per_sample: float,
+                                  dense_flops_per_sample: float) -> float | None:
+        """Training FLOPs per sample of the epoch just trained, given the inference FLOPs per sample of the current
+        and of the dense model; ``None`` when the method has no formula of its own (callers then count a step as
+        forward + backward of the current model, ``3 * current_flops_per_sample``)."""
+        return None
 
     # ------------------------------------------------------------------ queries
     @property

@@ -26,7 +26,7 @@ TOPKAST_OPTIONS = COMMON | {"backward_sparsity", "update_every", "l2", "target"}
 STR_OPTIONS = COMMON | {"s_init", "threshold_decay", "reach_fraction", "mean_lr_factor"}
 
 
-@register("gmp")
+@register("gmp", GMP)
 def _gmp(model, optimizer, *, steps_per_epoch, epochs, sparsity, start_epoch=None, end_epoch=None,
          update_every=None, **opts):
     """Defaults: ramp from 10% to 75% of training, pruning once per epoch (``update_every`` = steps_per_epoch)."""
@@ -40,14 +40,14 @@ def _gmp(model, optimizer, *, steps_per_epoch, epochs, sparsity, start_epoch=Non
                steps_per_epoch=steps_per_epoch, **opts)
 
 
-@register("oneshot")
+@register("oneshot", OneShot)
 def _oneshot(model, optimizer, *, steps_per_epoch, epochs, sparsity, **opts):
     """``from_checkpoint``: a trained model's ``.safetensors`` to load and prune (missing/non-matching: an error)."""
     _check_keys("oneshot", opts, ONESHOT_OPTIONS)
     return OneShot(model, optimizer, sparsity=sparsity, steps_per_epoch=steps_per_epoch, **opts)
 
 
-@register("rigl")
+@register("rigl", RigL)
 def _rigl(model, optimizer, *, steps_per_epoch, epochs, sparsity, **opts):
     """Defaults: ERK, update_every=100, end_fraction=0.75, alpha=0.3, cosine decay, random init, seed 0."""
     _check_keys("rigl", opts, DROPGROW_OPTIONS)
@@ -55,7 +55,7 @@ def _rigl(model, optimizer, *, steps_per_epoch, epochs, sparsity, **opts):
                 steps_per_epoch=steps_per_epoch, **opts)
 
 
-@register("set")
+@register("set", SET)
 def _set(model, optimizer, *, steps_per_epoch, epochs, sparsity, **opts):
     """As ``rigl`` but random growth and ``distribution="uniform"`` by default."""
     _check_keys("set", opts, DROPGROW_OPTIONS)
@@ -63,14 +63,14 @@ def _set(model, optimizer, *, steps_per_epoch, epochs, sparsity, **opts):
                steps_per_epoch=steps_per_epoch, **opts)
 
 
-@register("topkast")
+@register("topkast", TopKAST)
 def _topkast(model, optimizer, *, steps_per_epoch, epochs, sparsity, **opts):
     """Defaults: backward_sparsity = sparsity - 0.1 (>= 0), update_every=100, l2=1e-4, target uniform."""
     _check_keys("topkast", opts, TOPKAST_OPTIONS)
     return TopKAST(model, optimizer, sparsity=sparsity, steps_per_epoch=steps_per_epoch, **opts)
 
 
-@register("str")
+@register("str", STR)
 def _str(model, optimizer, *, steps_per_epoch, epochs, sparsity, s_init=-5.0, threshold_decay="auto",
          reach_fraction=0.5, mean_lr_factor=0.5, **opts):
     """``threshold_decay="auto"`` (SGD only) picks s_init/decay with :func:`str_threshold_decay` so weight decay

@@ -12,6 +12,7 @@ class Dense(SparseMethod):
     """Plain dense training (reports the prunable weights' natural sparsity, normally 0)."""
 
     name = "dense"
+    yields_sparse = False
     yields_dense = True
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, steps_per_epoch: int | None = None,

@@ -55,6 +55,7 @@ class OneShot(SparseMethod):
     """
 
     name = "oneshot"
+    needs_dense_init = True
 
     def __init__(
         self,

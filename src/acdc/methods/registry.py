@@ -15,11 +15,17 @@ from .dense import Dense
 
 Builder = Callable[..., SparseMethod]
 _BUILDERS: dict[str, Builder] = {}
+_CLASSES: dict[str, type[SparseMethod]] = {}
 
 
-def register(name: str) -> Callable[[Builder], Builder]:
+def register(name: str, cls: type[SparseMethod] | None = None) -> Callable[[Builder], Builder]:
+    """Register a builder for recipe ``method: name``; ``cls``: the class it builds, whose contract flags
+    (``yields_sparse``, ``yields_dense``, ``needs_dense_init``, ``has_dense_finetune``) callers read through
+    :func:`method_class`."""
     def deco(fn: Builder) -> Builder:
         _BUILDERS[name] = fn
+        if cls is not None:
+            _CLASSES[name] = cls
         return fn
 
     return deco
@@ -27,6 +33,14 @@ def register(name: str) -> Callable[[Builder], Builder]:
 
 def available() -> list[str]:
     return sorted(_BUILDERS)
+
+
+def method_class(name: str) -> type[SparseMethod]:
+    """The class recipe ``method: name`` builds, to read its contract flags without building it.
+
+    A name registered without a class, or not registered here (a run made with a plugin method that is not imported
+    now), gets :class:`SparseMethod` itself: the base contract (yields a sparse model only)."""
+    return _CLASSES.get(name, SparseMethod)
 
 
 def build_method(
@@ -56,7 +70,7 @@ def _check_keys(method: str, opts: dict, allowed: set[str]) -> None:
         raise ValueError(f"method {method!r}: unknown option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
 
 
-@register("dense")
+@register("dense", Dense)
 def _dense(model, optimizer, *, steps_per_epoch, epochs, sparsity, **opts):
     _check_keys("dense", opts, {"include", "exclude"})
     return Dense(model, optimizer, steps_per_epoch=steps_per_epoch, **opts)
@@ -65,7 +79,7 @@ def _dense(model, optimizer, *, steps_per_epoch, epochs, sparsity, **opts):
 ACDC_OPTIONS = {"schedule", "target", "include", "exclude", "reset_optimizer"}
 
 
-@register("acdc")
+@register("acdc", ACDC)
 def _acdc(model, optimizer, *, steps_per_epoch, epochs, sparsity, schedule="paper_imagenet", **opts):
     _check_keys("acdc", opts, ACDC_OPTIONS - {"schedule"})
     sched = schedule if isinstance(schedule, Schedule) else Schedule.from_config(schedule, epochs)

@@ -182,7 +182,8 @@ class RigL(DropGrow):
 
     name = "rigl"
 
-    def training_flops_per_sample(self, f_current: float, f_dense: float) -> float:
+    def training_flops_per_sample(self, current_flops_per_sample: float,
+                                  dense_flops_per_sample: float) -> float:
         """Training FLOPs per sample of the epoch just trained (the RigL paper's convention).
 
         While drop/grow updates happen (steps before ``end_fraction * total_steps``) every ``ΔT = update_every``
@@ -193,6 +194,7 @@ class RigL(DropGrow):
         """
         from ..measure.flops import rigl_epoch_flops
 
+        f_current, f_dense = current_flops_per_sample, dense_flops_per_sample
         updating = rigl_epoch_flops(f_current, f_dense, self.update_every)
         static = 3.0 * f_current
         spe = self.steps_per_epoch

@@ -22,9 +22,10 @@ class SET(DropGrow):
     def __init__(self, *args, distribution: str = "uniform", **kwargs) -> None:
         super().__init__(*args, distribution=distribution, **kwargs)
 
-    def training_flops_per_sample(self, f_current: float, f_dense: float) -> float:
+    def training_flops_per_sample(self, current_flops_per_sample: float,
+                                  dense_flops_per_sample: float) -> float:
         """Training FLOPs per sample: ``3 f_s`` (random growth needs no dense gradient)."""
-        return 3.0 * f_current
+        return 3.0 * current_flops_per_sample
 
     def _grow_scores(self, name: str, param: torch.Tensor) -> torch.Tensor:
         return torch.rand(param.shape, generator=self.generator).to(param.device)

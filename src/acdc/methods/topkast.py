@@ -109,7 +109,8 @@ class TopKAST(SparseMethod):
     def forward_density(self) -> float:
         return 1.0 - self.sparsity_target
 
-    def training_flops_per_sample(self, f_current: float, f_dense: float) -> float:
+    def training_flops_per_sample(self, current_flops_per_sample: float,
+                                  dense_flops_per_sample: float) -> float:
         """Training FLOPs per sample: ``f_A + f_A + f_B`` (forward and error back-propagation through the forward
         set A, weight gradients for the backward set B), :func:`~acdc.measure.flops.topkast_epoch_flops`.
 
@@ -119,6 +120,7 @@ class TopKAST(SparseMethod):
         """
         from ..measure.flops import topkast_epoch_flops
 
+        f_current, f_dense = current_flops_per_sample, dense_flops_per_sample
         d_a, d_b = 1.0 - self.sparsity_target, 1.0 - self.backward_sparsity
         f_b = f_current if d_a >= 1.0 else f_current + (f_dense - f_current) * (d_b - d_a) / (1.0 - d_a)
         return topkast_epoch_flops(f_current, f_b)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..methods.registry import method_class
 from .plots import FIGURES
 from .rundata import RunData, epoch_phase, fnum, load_run
 from .tables import EMPTY, fmt_pct, fmt_secs, html_table, md_table
@@ -44,7 +45,7 @@ def summary_rows(runs: Sequence[RunData]) -> list[dict[str, Any]]:
         sparse = s.get("sparse") or {}
         dense = s.get("dense") or {}
         if not s:  # run in progress: derive from the metrics
-            if epoch_phase(last) == "sparse" and r.method != "dense":
+            if epoch_phase(last) == "sparse" and method_class(r.method).yields_sparse:
                 sparse = {"val_acc": last.get("val_acc")}
             dvals = [m["val_acc"] for m in r.eligible_dense()]
             dense = {"val_acc": max(dvals)} if dvals else {}

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from ..methods.registry import method_class
 from ..train.checkpoint import load_tensors
 
 __all__ = ["RunData", "epoch_phase", "fnum", "load_run", "read_jsonl", "read_summary"]
@@ -66,7 +67,7 @@ class RunData:
         """Metrics lines that may hold the run's dense model (the loop's default rule): every epoch of the dense
         baseline; AC/DC's dense epochs after its first sparse epoch (recipe ``dense_from: any``: every one)."""
         dense = [m for m in self.metrics if epoch_phase(m) == "dense" and fnum(m.get("val_acc")) is not None]
-        if self.method == "dense" or self.recipe.get("dense_from") == "any":
+        if not method_class(self.method).yields_sparse or self.recipe.get("dense_from") == "any":
             return dense
         first = next((m["epoch"] for m in self.metrics if epoch_phase(m) == "sparse"), None)
         return [] if first is None else [m for m in dense if m["epoch"] > first]
@@ -75,7 +76,7 @@ class RunData:
         d = self.summary.get("dense")
         if isinstance(d, dict) and "epoch" in d:
             return int(d["epoch"])
-        if not self.summary and self.method in ("acdc", "dense"):  # in progress: best eligible dense epoch so far
+        if not self.summary and method_class(self.method).yields_dense:  # in progress: best eligible dense epoch so far
             dense = self.eligible_dense()
             if dense:
                 return int(max(dense, key=lambda m: m["val_acc"])["epoch"])
@@ -88,7 +89,7 @@ class RunData:
 
     @cached_property
     def _density(self) -> tuple[dict[str, float], float | None, dict[str, int]]:
-        if self.method == "dense":
+        if not method_class(self.method).yields_sparse:
             return {}, None, {}
         last = self.metrics[-1] if self.metrics else {}
         names = list((last.get("layer_sparsity") or {}).keys())

@@ -208,9 +208,9 @@ class Trainer:
 
     def _dense_eligible(self) -> bool:
         """Whether this epoch's dense model may become the run's dense model (recipe key ``dense_from``)."""
-        if self.recipe.dense_from == "any" or self.recipe.method_name == "dense":
+        if self.recipe.dense_from == "any" or not self.method.yields_sparse:
             return True
-        return int(getattr(self.method, "compressions", 0)) >= 1
+        return self.method.compressions >= 1
 
     def _amp_ctx(self):
         if self.recipe.amp == "none":
@@ -463,8 +463,7 @@ class Trainer:
     def _flops_record(self) -> dict[str, float]:
         """Inference FLOPs of the current model and the epoch's training FLOPs relative to a dense epoch."""
         f = float(inference_flops(self.model, self.example))
-        per_sample = getattr(self.method, "training_flops_per_sample", None)
-        tf = per_sample(f, self.f_dense) if per_sample else None
+        tf = self.method.training_flops_per_sample(f, self.f_dense)
         rel_epoch = epoch_training_flops_rel(step_flops_per_sample(f) if tf is None else float(tf), self.f_dense)
         self.state["train_flops_cum"] += rel_epoch
         return {"inference_flops": f, "inference_flops_rel": f / self.f_dense, "dense_inference_flops": self.f_dense,
@@ -489,7 +488,7 @@ class Trainer:
         score = -val["loss"] if self.task == "lm" else val["acc"]
         cand = {"score": score, "epoch": epoch, "val_acc": val["acc"], "val_loss": val["loss"], "phase": "dense",
                 "phase_start": self.state.get("phase_start", epoch),
-                "compressions_before": int(getattr(self.method, "compressions", 0))}
+                "compressions_before": self.method.compressions}
         if test is not None:
             cand.update(test_acc=test["acc"], test_loss=test["loss"])
         best = self.state["best_dense"]
@@ -504,16 +503,14 @@ class Trainer:
     def _finish(self) -> dict[str, Any]:
         """Finalize the method, save the final (= sparse) model and write ``summary.json``."""
         r = self.recipe
-        finalize = getattr(self.method, "finalize", None)
-        if callable(finalize):
-            finalize()  # a method that changes the model here emits an event (see _final_eval)
+        self.method.finalize()  # a method that changes the model here emits an event (see _final_eval)
         val, test, f = self._final_eval()
         final_sparsity = self.method.sparsity()
         meta = {"epoch": r.epochs - 1, "val_acc": val["acc"], "val_loss": val["loss"], "sparsity": final_sparsity,
                 "method": r.method_name}
         if self.dist.is_main:
             save_model(self.out_dir / "final.safetensors", self.model, meta)
-            if r.method_name != "dense":  # the final model is the sparse model: same bytes, no second write
+            if self.method.yields_sparse:  # the final model is the sparse model: same bytes, no second write
                 link_or_copy(self.out_dir / "final.safetensors", self.out_dir / "sparse.safetensors")
         summary = self._summary(val, test, final_sparsity)
         if r.measure_flops:
@@ -554,7 +551,7 @@ class Trainer:
         }
         if self.task == "lm":
             summary["final"]["val_ppl"] = math.exp(min(val["loss"], 50.0))
-        if r.method_name != "dense":
+        if self.method.yields_sparse:
             summary["sparse"] = dict(summary["final"])
             summary["files"]["sparse"] = "sparse.safetensors"
         if self.state.get("best_dense"):
@@ -567,7 +564,7 @@ class Trainer:
         r = self.recipe
         rule = (f"{r.dense_pick} dense epoch" + (" on validation" if r.dense_pick == "best" else "")
                 + (" after the first compression" if r.dense_from == "after_compression"
-                   and r.method_name != "dense" else ""))
+                   and self.method.yields_sparse else ""))
         out: dict[str, Any] = {}
         for key in ("best", "last"):
             if self.state.get(f"{key}_dense"):

@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from ..methods.registry import method_class
+
 
 class RecipeError(ValueError):
     """A recipe is invalid; the message names the key and the fix."""
@@ -247,7 +249,7 @@ def _check_ranges(r: Recipe) -> None:
     s = r.method.get("sparsity", 0.0)
     need(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 <= s < 1,
          f"`method.sparsity` must be a number in [0, 1) (e.g. 0.9), got {s!r}")
-    need(r.method_name != "dense" or not s,
+    need(method_class(r.method_name).yields_sparse or not s,
          f"`method.sparsity` ({s}) is set on the `dense` method, which never prunes; remove it or pick a sparse "
          "method (e.g. method: {name: acdc, sparsity: 0.9})")
 
