@@ -43,7 +43,7 @@ def test_layer_sparsity_constant_and_drop_equals_grow() -> None:
     m = build_method("rigl", model, opt, steps_per_epoch=10, epochs=4, sparsity=0.8,
                      options={"update_every": 4, "alpha": 0.5})
     want = {n: int(v.sum()) for n, v in m.masks.items()}
-    assert want == {n: keep_count(p.numel(), m.layer_sparsity_target[n]) for n, p in m.masked.params.items()}
+    assert want == {n: keep_count(p.numel(), m.layer_target_sparsity[n]) for n, p in m.masked.params.items()}
     events = []
     m.add_listener(lambda e, info: events.append(info) if e == "update" else None)
     g = torch.Generator().manual_seed(0)

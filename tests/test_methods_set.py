@@ -20,7 +20,7 @@ def run(seed: int) -> list[dict[str, torch.Tensor]]:
     model = make_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     m = SET(model, opt, sparsity=0.75, total_steps=40, update_every=5, seed=seed)
-    assert m.layer_sparsity_target == {"0.weight": 0.75, "2.weight": 0.75}  # uniform by default
+    assert m.layer_target_sparsity == {"0.weight": 0.75, "2.weight": 0.75}  # uniform by default
     g = torch.Generator().manual_seed(0)
     history = [{n: v.clone() for n, v in m.masks.items()}]
     for _ in range(30):

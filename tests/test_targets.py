@@ -200,7 +200,7 @@ def test_numpy_scalar_sparsity_is_accepted():
         model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4))
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         ac = ACDC(model, opt, sparsity=s, schedule=Schedule.from_phases([("sparse", 0, 1)]))
-        assert ac.sparsity() == 0.5 and type(ac.sparsity_target) is float
+        assert ac.sparsity() == 0.5 and type(ac.target_sparsity) is float
         assert masks.check_sparsity(s) == 0.5
     with pytest.raises(ValueError, match="sparsity"):
         masks.check_sparsity(np.bool_(True))

@@ -10,7 +10,7 @@ steps per epoch (``gradient_accumulation_steps`` respected, as the Trainer count
 ``max_steps / steps_per_epoch``; it steps after each optimizer step (``on_optimizer_step``). Its state (masks
 bit-packed, no pickle) is written into each ``checkpoint-N/trainer_state.json`` and restored on
 ``resume_from_checkpoint``. Gradients of pruned weights are zeroed as backward produces them (see
-:mod:`acdc.sparsify`), so the Trainer's gradient clipping sees the sparse model's gradients, as in a plain loop.
+:mod:`acdc.masking`), so the Trainer's gradient clipping sees the sparse model's gradients, as in a plain loop.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ At train start the method is built from the module and its (single) optimizer wi
 steps per epoch (``accumulate_grad_batches`` respected) and ``epochs`` = ``max_epochs`` (or ``max_steps`` /
 ``steps_per_epoch``). It steps from the optimizer's step post-hook, i.e. once per real optimizer step, also for
 closure-driven optimizers (Lightning's automatic optimization, LBFGS). Masks are applied to gradients as backward
-produces them (see :mod:`acdc.sparsify`), so the closure's backward, clipping and the update all see masked
+produces them (see :mod:`acdc.masking`), so the closure's backward, clipping and the update all see masked
 gradients. The method state (masks bit-packed, no pickle) lives in the callback's checkpoint state, so
 ``Trainer.fit(ckpt_path=...)`` resumes masks and phase exactly.
 """

@@ -1,4 +1,4 @@
-"""Sparse-training methods; each is a small class over the shared primitives in :mod:`acdc.sparsify`."""
+"""Sparse-training methods; each is a small class over the shared primitives in :mod:`acdc.masking`."""
 
 from .acdc import ACDC
 from .base import SparseMethod

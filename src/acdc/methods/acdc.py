@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..masking import reset_optimizer_state
 from ..schedule import SPARSE, Schedule
-from ..sparsify import reset_optimizer_state
 from ..targets import Target
 from .base import SparseMethod
 
@@ -60,7 +60,7 @@ class ACDC(SparseMethod):
     # ------------------------------------------------------------------ transitions
     @torch.no_grad()
     def _compress(self) -> None:
-        masks = self.target.compute(self.masked.weights(), self.sparsity_target)
+        masks = self.target.compute(self.masked.weights(), self.target_sparsity)
         self._install_masks(masks)
         self.compressions += 1
         self._emit("compress", masks=masks, compression=self.compressions)
@@ -95,7 +95,7 @@ class ACDC(SparseMethod):
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
         sd.update(phase_index=self._phase_idx, compressions=self.compressions, schedule=self.schedule.to_dict(),
-                  sparsity=self.sparsity_target)
+                  sparsity=self.target_sparsity)
         return sd
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -1,14 +1,14 @@
 """Base class of every sparse-training method: owns the prunable parameters, the masks and the optimizer hooks.
 
 A method decides *when* masks change and *how* they are scored; the mechanism (masking weights, gradients and
-optimizer state in place) lives in :mod:`acdc.sparsify`. Use in any plain training loop::
+optimizer state in place) lives in :mod:`acdc.masking`. Use in any plain training loop::
 
     method = SomeMethod(model, optimizer, sparsity=0.9, steps_per_epoch=len(loader))
     for x, y in loader:
         optimizer.zero_grad(); loss_fn(model(x), y).backward(); optimizer.step()
         method.step()            # or pass auto_step=True to run it from optimizer.step()
 
-Gradients of pruned entries are zeroed as backward produces them (see :mod:`acdc.sparsify`), so any step style
+Gradients of pruned entries are zeroed as backward produces them (see :mod:`acdc.masking`), so any step style
 works: plain, gradient accumulation, clipping before the step, ``optimizer.step(closure)`` (LBFGS, Lightning).
 Methods that must touch gradients or weights right before the update (Top-KAST, STR) override
 :meth:`SparseMethod._before_update` (and :meth:`SparseMethod._before_closure`); under a closure step the closure is
@@ -23,8 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..masks import check_sparsity
-from ..sparsify import (
+from ..masking import (
     MaskedParams,
     OptimizerHooks,
     mask_optimizer_state,
@@ -34,6 +33,7 @@ from ..sparsify import (
     unwrap_model,
     unwrap_optimizer,
 )
+from ..masks import check_sparsity
 from ..targets import Target, parameter_aliases, prunable_parameters
 
 Listener = Callable[[str, dict], None]
@@ -72,7 +72,7 @@ class SparseMethod:
         self.model = model
         self.optimizer = optimizer
         self.target = Target.parse(target)
-        self.sparsity_target = check_sparsity(sparsity) if not self.target.is_nm else self.target.nominal_sparsity(0)
+        self.target_sparsity = check_sparsity(sparsity) if not self.target.is_nm else self.target.nominal_sparsity(0)
         self.steps_per_epoch = steps_per_epoch
         self.masked = MaskedParams(prunable_parameters(model, include, exclude))
         # every name of each prunable parameter (tied weights have several) -> the name used here

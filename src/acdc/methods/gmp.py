@@ -52,14 +52,14 @@ class GMP(SparseMethod):
         if not (0 <= start_step <= end_step):
             raise ValueError(f"gmp: need 0 <= start_step <= end_step, got {start_step}, {end_step}")
         self.initial_sparsity = check_sparsity(initial_sparsity, "initial_sparsity")
-        if self.initial_sparsity > self.sparsity_target:
+        if self.initial_sparsity > self.target_sparsity:
             raise ValueError(f"gmp: initial_sparsity {initial_sparsity} exceeds the final sparsity {sparsity}")
         self.start_step, self.end_step, self.update_every = int(start_step), int(end_step), update_every
         self._maybe_prune()
 
     def sparsity_at(self, step: int) -> float:
         """Scheduled sparsity at optimizer step ``step`` (0 before the ramp starts)."""
-        t0, t1, si, sf = self.start_step, self.end_step, self.initial_sparsity, self.sparsity_target
+        t0, t1, si, sf = self.start_step, self.end_step, self.initial_sparsity, self.target_sparsity
         if step < t0:
             return 0.0
         if step >= t1:
@@ -92,5 +92,5 @@ class GMP(SparseMethod):
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
         sd.update(start_step=self.start_step, end_step=self.end_step, update_every=self.update_every,
-                  initial_sparsity=self.initial_sparsity, sparsity=self.sparsity_target)
+                  initial_sparsity=self.initial_sparsity, sparsity=self.target_sparsity)
         return sd

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..sparsify import canonical_name, unwrap_model
+from ..masking import canonical_name, unwrap_model
 from ..targets import Target
 from .base import SparseMethod
 
@@ -75,6 +75,6 @@ class OneShot(SparseMethod):
             load_trained(model, from_checkpoint)
         super().__init__(model, optimizer, sparsity=sparsity, steps_per_epoch=steps_per_epoch, target=target,
                          include=include, exclude=exclude, mask_weights=mask_weights, auto_step=auto_step)
-        masks = self.target.compute(self.masked.weights(), self.sparsity_target)
+        masks = self.target.compute(self.masked.weights(), self.target_sparsity)
         self._install_masks(masks)
         self._emit("compress", masks=masks)

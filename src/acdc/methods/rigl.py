@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..masking import rekey
 from ..masks import topk_mask
-from ..sparsify import rekey
 from .base import SparseMethod
 from .distributions import DISTRIBUTIONS, keep_count, layer_sparsities, random_masks, topk_within
 
@@ -72,12 +72,12 @@ class DropGrow(SparseMethod):
         self.update_every, self.alpha, self.decay = update_every, float(alpha), decay
         self.end_step = int(round(end_fraction * total_steps))
         self.generator = torch.Generator().manual_seed(int(seed))
-        self.layer_sparsity_target = layer_sparsities(distribution, self.masked.params, self.sparsity_target,
+        self.layer_target_sparsity = layer_sparsities(distribution, self.masked.params, self.target_sparsity,
                                                       erk_power_scale)
         if init == "random":
-            masks = random_masks(self.masked.params, self.layer_sparsity_target, self.generator)
+            masks = random_masks(self.masked.params, self.layer_target_sparsity, self.generator)
         else:
-            masks = {n: topk_mask({n: t}, keep_count(t.numel(), self.layer_sparsity_target[n]))[n]
+            masks = {n: topk_mask({n: t}, keep_count(t.numel(), self.layer_target_sparsity[n]))[n]
                      for n, t in self.masked.weights().items()}
         self._install_masks(masks)
         self._dense_grads: dict[str, torch.Tensor] = {}
@@ -166,14 +166,14 @@ class DropGrow(SparseMethod):
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
-        sd.update(generator=self.generator.get_state(), layer_sparsity=dict(self.layer_sparsity_target))
+        sd.update(generator=self.generator.get_state(), layer_sparsity=dict(self.layer_target_sparsity))
         return sd
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.generator.set_state(state["generator"])
         if "layer_sparsity" in state:
-            self.layer_sparsity_target = rekey(state["layer_sparsity"], self.masked.params, "layer_sparsity")
+            self.layer_target_sparsity = rekey(state["layer_sparsity"], self.masked.params, "layer_sparsity")
         self._arm()
 
 

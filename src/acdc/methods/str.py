@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..masking import layer_zero_fractions, rekey, zero_fraction
 from ..masks import global_magnitude
-from ..sparsify import layer_zero_fractions, rekey, zero_fraction
 from ..targets import parameter_aliases
 from .base import SparseMethod
 

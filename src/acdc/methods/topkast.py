@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..masking import mask_optimizer_state, rekey
 from ..masks import check_sparsity
-from ..sparsify import mask_optimizer_state, rekey
 from ..targets import Target
 from .base import SparseMethod
 
@@ -56,9 +56,9 @@ class TopKAST(SparseMethod):
         super().__init__(model, optimizer, sparsity=sparsity, steps_per_epoch=steps_per_epoch, target=target,
                          include=include, exclude=exclude, mask_weights=mask_weights, auto_step=auto_step)
         if backward_sparsity is None:
-            backward_sparsity = max(0.0, self.sparsity_target - 0.1)
+            backward_sparsity = max(0.0, self.target_sparsity - 0.1)
         self.backward_sparsity = check_sparsity(backward_sparsity, "backward_sparsity")
-        if self.backward_sparsity > self.sparsity_target:
+        if self.backward_sparsity > self.target_sparsity:
             raise ValueError(f"topkast: backward_sparsity {backward_sparsity} must be <= sparsity {sparsity}")
         if not (isinstance(update_every, int) and update_every >= 1):
             raise ValueError(f"topkast: update_every must be a positive number of steps, got {update_every!r}")
@@ -79,7 +79,7 @@ class TopKAST(SparseMethod):
     def _refresh(self) -> None:
         self._pristine_begin()
         theta = self._theta()
-        fwd = self.target.compute(theta, self.sparsity_target)
+        fwd = self.target.compute(theta, self.target_sparsity)
         bwd = self.target.compute(theta, self.backward_sparsity)
         bwd = {n: bwd[n] | fwd[n] for n in bwd}  # nested already (same ranking and tie-break); made explicit
         prev = self.bmasks  # empty at the first refresh
@@ -107,7 +107,7 @@ class TopKAST(SparseMethod):
 
     @property
     def forward_density(self) -> float:
-        return 1.0 - self.sparsity_target
+        return 1.0 - self.target_sparsity
 
     def training_flops_per_sample(self, current_flops_per_sample: float,
                                   dense_flops_per_sample: float) -> float:
@@ -121,7 +121,7 @@ class TopKAST(SparseMethod):
         from ..measure.flops import topkast_epoch_flops
 
         f_current, f_dense = current_flops_per_sample, dense_flops_per_sample
-        d_a, d_b = 1.0 - self.sparsity_target, 1.0 - self.backward_sparsity
+        d_a, d_b = 1.0 - self.target_sparsity, 1.0 - self.backward_sparsity
         f_b = f_current if d_a >= 1.0 else f_current + (f_dense - f_current) * (d_b - d_a) / (1.0 - d_a)
         return topkast_epoch_flops(f_current, f_b)
 
@@ -170,7 +170,7 @@ class TopKAST(SparseMethod):
         sd = super().state_dict()
         sd.update(stash={n: t.clone() for n, t in self.stash.items()},
                   backward_masks={n: m.clone() for n, m in self.bmasks.items()},
-                  sparsity=self.sparsity_target, backward_sparsity=self.backward_sparsity)
+                  sparsity=self.target_sparsity, backward_sparsity=self.backward_sparsity)
         return sd
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
