@@ -132,7 +132,7 @@ def reset_optimizer_state(optimizer: torch.optim.Optimizer, params: Mapping[str,
     return count
 
 
-def zero_fraction(tensors: Mapping[str, torch.Tensor]) -> float:
+def overall_zero_fraction(tensors: Mapping[str, torch.Tensor]) -> float:
     """Fraction of all elements of ``tensors`` that are exactly zero (0.0 when there are none)."""
     total = sum(t.numel() for t in tensors.values())
     zeros = sum(int((t.detach() == 0).sum()) for t in tensors.values())
@@ -140,8 +140,8 @@ def zero_fraction(tensors: Mapping[str, torch.Tensor]) -> float:
 
 
 def layer_zero_fractions(tensors: Mapping[str, torch.Tensor]) -> dict[str, float]:
-    """Per-tensor fraction of elements that are exactly zero."""
-    return {n: float((t.detach() == 0).sum()) / t.numel() for n, t in tensors.items()}
+    """Per-tensor fraction of elements that are exactly zero (0.0 for an empty tensor)."""
+    return {n: float((t.detach() == 0).sum()) / t.numel() if t.numel() else 0.0 for n, t in tensors.items()}
 
 
 def _is_elementwise(state: Mapping, p: torch.Tensor) -> bool:
@@ -289,7 +289,7 @@ class MaskedParams:
 
     def sparsity(self) -> float:
         """Achieved sparsity: fraction of prunable weights that are exactly zero."""
-        return zero_fraction(self.params)
+        return overall_zero_fraction(self.params)
 
     def layer_sparsity(self) -> dict[str, float]:
         return layer_zero_fractions(self.params)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from acdc.masking import layer_zero_fractions, overall_zero_fraction
 from acdc.targets import PRUNABLE_TYPES, prunable_parameters
 
 __all__ = ["mask_difference", "layer_density", "zero_fraction", "prunable_weights", "MaskTracker"]
@@ -83,17 +84,12 @@ def zero_fraction(
 ) -> tuple[float, dict[str, float]] | float:
     """Fraction of weights exactly 0, overall (weighted by size) and per layer (paper Table 8).
 
-    Returns ``(overall, {name: frac})``, or just ``overall`` when ``per_layer=False``.
+    Returns ``(overall, {name: frac})``, or just ``overall`` when ``per_layer=False``. The numbers are those of
+    :func:`acdc.masking.overall_zero_fraction` / :func:`acdc.masking.layer_zero_fractions` (what methods report).
     """
-    zeros = total = 0
-    layers = {}
-    for k, t in _as_weights(weights).items():
-        z = int((t.detach() == 0).sum())
-        zeros += z
-        total += t.numel()
-        layers[k] = z / t.numel() if t.numel() else 0.0
-    overall = zeros / total if total else 0.0
-    return (overall, layers) if per_layer else overall
+    w = _as_weights(weights)
+    overall = overall_zero_fraction(w)
+    return (overall, layer_zero_fractions(w)) if per_layer else overall
 
 
 class MaskTracker:

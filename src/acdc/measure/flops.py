@@ -34,6 +34,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from acdc.methods.rigl import rigl_epoch_flops
+from acdc.methods.topkast import topkast_epoch_flops
 from acdc.targets import PRUNABLE_TYPES
 
 __all__ = [
@@ -304,22 +306,6 @@ def training_flops(
         "epochs": epochs,
         "dense_total": dense_total,
     }
-
-
-def rigl_epoch_flops(f_sparse: float, f_dense: float, delta_t_steps: int) -> float:
-    """RigL training FLOPs per sample (Evci et al. 2020): ``(3 f_s ΔT + 2 f_s + f_d) / (ΔT + 1)``.
-
-    Every ``ΔT`` steps one step also computes the dense gradient to grow connections.
-    """
-    if delta_t_steps < 0:
-        raise ValueError(f"delta_t_steps must be >= 0, got {delta_t_steps}")
-    return (3.0 * f_sparse * delta_t_steps + 2.0 * f_sparse + f_dense) / (delta_t_steps + 1)
-
-
-def topkast_epoch_flops(f_forward: float, f_backward: float) -> float:
-    """Top-KAST training FLOPs per sample: ``f_fwd`` (forward) + ``f_fwd`` (error back-propagation through the
-    forward-sparse weights) + ``f_bwd`` (weight gradients for the larger backward set)."""
-    return 2.0 * f_forward + f_backward
 
 
 def gmp_epoch_flops(f_measured: float) -> float:

@@ -3,8 +3,13 @@
 from .acdc import ACDC
 from .base import SparseMethod
 from .dense import Dense
+from .gmp import GMP
+from .oneshot import OneShot
 from .registry import available, build_method, method_class, register
+from .rigl import RigL
+from .set import SET
+from .str import STR
+from .topkast import TopKAST
 
 __all__ = ["ACDC", "Dense", "SparseMethod", "available", "build_method", "method_class", "register",
            "GMP", "OneShot", "RigL", "SET", "STR", "TopKAST"]
-from .baselines_registry import GMP, SET, STR, OneShot, RigL, TopKAST  # noqa: E402  (registers the baselines)

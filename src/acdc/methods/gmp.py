@@ -12,6 +12,7 @@ from ..masks import check_sparsity, keep_count
 from ..targets import Target
 from .base import SparseMethod
 from .distributions import topk_within
+from .interval import StepInterval, check_every
 
 
 class GMP(SparseMethod):
@@ -47,14 +48,13 @@ class GMP(SparseMethod):
             raise ValueError("gmp: target must be 'global' or 'uniform' (N:M has no gradual ramp; use 'oneshot')")
         super().__init__(model, optimizer, sparsity=sparsity, steps_per_epoch=steps_per_epoch, target=target,
                          include=include, exclude=exclude, mask_weights=mask_weights, auto_step=auto_step)
-        if not (isinstance(update_every, int) and update_every >= 1):
-            raise ValueError(f"gmp: update_every must be a positive number of steps, got {update_every!r}")
+        check_every(update_every, "gmp")
         if not (0 <= start_step <= end_step):
             raise ValueError(f"gmp: need 0 <= start_step <= end_step, got {start_step}, {end_step}")
         self.initial_sparsity = check_sparsity(initial_sparsity, "initial_sparsity")
         if self.initial_sparsity > self.target_sparsity:
             raise ValueError(f"gmp: initial_sparsity {initial_sparsity} exceeds the final sparsity {sparsity}")
-        self.start_step, self.end_step, self.update_every = int(start_step), int(end_step), update_every
+        self.interval = StepInterval(update_every, int(start_step), int(end_step), final=True)
         self._maybe_prune()
 
     def sparsity_at(self, step: int) -> float:
@@ -66,9 +66,20 @@ class GMP(SparseMethod):
             return sf
         return sf + (si - sf) * (1.0 - (step - t0) / (t1 - t0)) ** 3
 
+    @property
+    def start_step(self) -> int:
+        return self.interval.start
+
+    @property
+    def end_step(self) -> int:
+        return self.interval.stop
+
+    @property
+    def update_every(self) -> int:
+        return self.interval.every
+
     def is_prune_step(self, step: int) -> bool:
-        return self.start_step <= step <= self.end_step and (
-            (step - self.start_step) % self.update_every == 0 or step == self.end_step)
+        return self.interval.is_due(step)
 
     @torch.no_grad()
     def _maybe_prune(self) -> None:

@@ -17,6 +17,17 @@ from ..masking import rekey
 from ..masks import topk_mask
 from .base import SparseMethod
 from .distributions import DISTRIBUTIONS, keep_count, layer_sparsities, random_masks, topk_within
+from .interval import StepInterval, check_every
+
+
+def rigl_epoch_flops(f_sparse: float, f_dense: float, delta_t_steps: int) -> float:
+    """RigL training FLOPs per sample (Evci et al. 2020): ``(3 f_s ΔT + 2 f_s + f_d) / (ΔT + 1)``.
+
+    Every ``ΔT`` steps one step also computes the dense gradient to grow connections.
+    """
+    if delta_t_steps < 0:
+        raise ValueError(f"delta_t_steps must be >= 0, got {delta_t_steps}")
+    return (3.0 * f_sparse * delta_t_steps + 2.0 * f_sparse + f_dense) / (delta_t_steps + 1)
 
 
 class DropGrow(SparseMethod):
@@ -65,12 +76,11 @@ class DropGrow(SparseMethod):
             raise ValueError(f"{self.name}: decay must be 'cosine' or 'constant', got {decay!r}")
         if init not in ("random", "magnitude"):
             raise ValueError(f"{self.name}: init must be 'random' or 'magnitude', got {init!r}")
-        if not (isinstance(update_every, int) and update_every >= 1):
-            raise ValueError(f"{self.name}: update_every must be a positive number of steps, got {update_every!r}")
+        check_every(update_every, self.name)
         if not 0.0 <= alpha <= 1.0 or not 0.0 <= end_fraction <= 1.0:
             raise ValueError(f"{self.name}: alpha and end_fraction must be in [0, 1], got {alpha}, {end_fraction}")
-        self.update_every, self.alpha, self.decay = update_every, float(alpha), decay
-        self.end_step = int(round(end_fraction * total_steps))
+        self.alpha, self.decay = float(alpha), decay
+        self.interval = StepInterval(update_every, start=update_every, stop=int(round(end_fraction * total_steps)))
         self.generator = torch.Generator().manual_seed(int(seed))
         self.layer_target_sparsity = layer_sparsities(distribution, self.masked.params, self.target_sparsity,
                                                       erk_power_scale)
@@ -87,8 +97,16 @@ class DropGrow(SparseMethod):
         self._arm()
 
     # ------------------------------------------------------------------ schedule
+    @property
+    def update_every(self) -> int:
+        return self.interval.every
+
+    @property
+    def end_step(self) -> int:
+        return self.interval.stop
+
     def is_update_step(self, step: int) -> bool:
-        return step > 0 and step % self.update_every == 0 and step < self.end_step
+        return self.interval.is_due(step)
 
     def drop_fraction(self, step: int) -> float:
         if self.decay == "constant":
@@ -192,8 +210,6 @@ class RigL(DropGrow):
         before it. The training loop calls this after the epoch's training, before the epoch's last
         :meth:`step`, so ``steps // steps_per_epoch`` is the epoch's index.
         """
-        from ..measure.flops import rigl_epoch_flops
-
         f_current, f_dense = current_flops_per_sample, dense_flops_per_sample
         updating = rigl_epoch_flops(f_current, f_dense, self.update_every)
         static = 3.0 * f_current

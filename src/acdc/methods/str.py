@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..masking import layer_zero_fractions, rekey, zero_fraction
+from ..masking import layer_zero_fractions, overall_zero_fraction, rekey
 from ..masks import global_magnitude
 from ..targets import parameter_aliases
 from .base import SparseMethod
@@ -142,7 +142,7 @@ class STR(SparseMethod):
         return "sparse"
 
     def sparsity(self) -> float:
-        return zero_fraction(self.effective_weights())
+        return overall_zero_fraction(self.effective_weights())
 
     def layer_sparsity(self) -> dict[str, float]:
         return layer_zero_fractions(self.effective_weights())

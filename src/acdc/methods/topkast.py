@@ -12,6 +12,13 @@ from ..masking import mask_optimizer_state, rekey
 from ..masks import check_sparsity
 from ..targets import Target
 from .base import SparseMethod
+from .interval import StepInterval, check_every
+
+
+def topkast_epoch_flops(f_forward: float, f_backward: float) -> float:
+    """Top-KAST training FLOPs per sample: ``f_fwd`` (forward) + ``f_fwd`` (error back-propagation through the
+    forward-sparse weights) + ``f_bwd`` (weight gradients for the larger backward set)."""
+    return 2.0 * f_forward + f_backward
 
 
 class TopKAST(SparseMethod):
@@ -60,9 +67,8 @@ class TopKAST(SparseMethod):
         self.backward_sparsity = check_sparsity(backward_sparsity, "backward_sparsity")
         if self.backward_sparsity > self.target_sparsity:
             raise ValueError(f"topkast: backward_sparsity {backward_sparsity} must be <= sparsity {sparsity}")
-        if not (isinstance(update_every, int) and update_every >= 1):
-            raise ValueError(f"topkast: update_every must be a positive number of steps, got {update_every!r}")
-        self.update_every, self.l2 = update_every, float(l2)
+        self.interval = StepInterval(check_every(update_every, "topkast"), start=update_every)
+        self.l2 = float(l2)
         self.stash = {n: torch.zeros_like(p) for n, p in self.masked.params.items()}
         self.bmasks: dict[str, torch.Tensor] = {}
         self._refresh()
@@ -102,6 +108,10 @@ class TopKAST(SparseMethod):
         self._theta_in_weights = False
 
     @property
+    def update_every(self) -> int:
+        return self.interval.every
+
+    @property
     def backward_masks(self) -> dict[str, torch.Tensor]:
         return self.bmasks
 
@@ -112,14 +122,12 @@ class TopKAST(SparseMethod):
     def training_flops_per_sample(self, current_flops_per_sample: float,
                                   dense_flops_per_sample: float) -> float:
         """Training FLOPs per sample: ``f_A + f_A + f_B`` (forward and error back-propagation through the forward
-        set A, weight gradients for the backward set B), :func:`~acdc.measure.flops.topkast_epoch_flops`.
+        set A, weight gradients for the backward set B), :func:`topkast_epoch_flops`.
 
         ``f_current`` is the measured inference cost at A's density ``d_A``. ``f_B`` is interpolated linearly
         between ``(d_A, f_current)`` and ``(1, f_dense)`` at ``d_B = 1 - backward_sparsity``: exact for the
         ``uniform`` target (FLOPs are affine in a common layer density), an approximation for ``global``.
         """
-        from ..measure.flops import topkast_epoch_flops
-
         f_current, f_dense = current_flops_per_sample, dense_flops_per_sample
         d_a, d_b = 1.0 - self.target_sparsity, 1.0 - self.backward_sparsity
         f_b = f_current if d_a >= 1.0 else f_current + (f_dense - f_current) * (d_b - d_a) / (1.0 - d_a)
@@ -162,7 +170,7 @@ class TopKAST(SparseMethod):
             self.step()
 
     def _on_step(self) -> None:
-        if self.steps % self.update_every == 0:
+        if self.interval.is_due(self.steps):
             self._refresh()
 
     # ------------------------------------------------------------------ state
