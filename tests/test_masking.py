@@ -8,6 +8,7 @@ import copy
 
 import pytest
 import torch
+from _recipes import BASELINE_OPTIONS
 from torch import nn
 from torch.nn.utils import prune
 
@@ -17,15 +18,7 @@ from acdc.methods import build_method
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 STEPS_PER_EPOCH, EPOCHS = 10, 6
-OPTIONS = {
-    "acdc": {"schedule": {"phases": [["sparse", 0, 6]]}},
-    "gmp": {"start_epoch": 0, "end_epoch": 3, "update_every": 3},
-    "oneshot": {},
-    "rigl": {"update_every": 5},
-    "set": {"update_every": 5, "distribution": "erk"},
-    "topkast": {"update_every": 5, "l2": 1e-2},
-    "str": {"threshold_decay": 1e-2},
-}
+OPTIONS = {"acdc": {"schedule": {"phases": [["sparse", 0, 6]]}}, **BASELINE_OPTIONS}
 METHODS = sorted(OPTIONS)
 SPARSE_ONLY = Schedule.from_phases([("sparse", 0, 100)])
 

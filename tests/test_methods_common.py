@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from _recipes import BASELINE_OPTIONS
 from torch import nn
 
 from acdc.methods import build_method
@@ -13,14 +14,7 @@ from acdc.methods import build_method
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 STEPS_PER_EPOCH, EPOCHS = 10, 6
-OPTIONS = {
-    "gmp": {"start_epoch": 0, "end_epoch": 3, "update_every": 3},
-    "oneshot": {},
-    "rigl": {"update_every": 5},
-    "set": {"update_every": 5, "distribution": "erk"},
-    "topkast": {"update_every": 5, "l2": 1e-2},
-    "str": {"threshold_decay": 1e-2},
-}
+OPTIONS = BASELINE_OPTIONS
 METHODS = sorted(OPTIONS)
 
 

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from _recipes import tiny_dense_raw
 
 from acdc.cli import main
 from acdc.train.recipe import RecipeError, load_recipe, parse_recipe
 
-
-def tiny_raw(**over) -> dict:
-    raw = {"name": "tiny", "seed": 0, "epochs": 2, "batch_size": 64,
-           "model": {"name": "mlp", "in_features": 64, "hidden": [16]}, "data": {"name": "digits"},
-           "optimizer": {"name": "sgd", "lr": 0.05}, "method": {"name": "dense"},
-           "max_steps_per_epoch": 2, "progress": False, "measure_flops": False}
-    raw.update(over)
-    return raw
+tiny_raw = tiny_dense_raw
 
 
 @pytest.mark.parametrize("update, match", [

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from _recipes import tiny_dense_raw
 
 from acdc.cli import main
 from acdc.data.cifar import write_cifar
@@ -41,13 +42,7 @@ class ExecPayload:
         return (builtins.exec, (f"open({str(self.marker)!r}, 'w').close()",))
 
 
-def tiny_raw(**over) -> dict:
-    raw = {"name": "tiny", "seed": 0, "epochs": 2, "batch_size": 64,
-           "model": {"name": "mlp", "in_features": 64, "hidden": [16]}, "data": {"name": "digits"},
-           "optimizer": {"name": "sgd", "lr": 0.05}, "method": {"name": "dense"},
-           "max_steps_per_epoch": 2, "progress": False, "measure_flops": False}
-    raw.update(over)
-    return raw
+tiny_raw = tiny_dense_raw
 
 
 def _plant_state_payload(run_dir: Path, payload: object) -> None:
