@@ -127,20 +127,19 @@ def _oneshot(model, optimizer, *, steps_per_epoch, epochs, sparsity, **opts):
     return OneShot(model, optimizer, sparsity=sparsity, steps_per_epoch=steps_per_epoch, **opts)
 
 
-@register("rigl", RigL)
-def _rigl(model, optimizer, *, steps_per_epoch, epochs, sparsity, **opts):
-    """Defaults: ERK, update_every=100, end_fraction=0.75, alpha=0.3, cosine decay, random init, seed 0."""
-    _check_keys("rigl", opts, DROPGROW_OPTIONS)
-    return RigL(model, optimizer, sparsity=sparsity, total_steps=epochs * steps_per_epoch,
-                steps_per_epoch=steps_per_epoch, **opts)
+def _dropgrow(name: str, cls: type[SparseMethod]) -> Builder:
+    """One builder for the drop/grow family (RigL: ERK, update_every=100, end_fraction=0.75, alpha=0.3, cosine
+    decay; SET: the same with random growth and ``distribution="uniform"`` by default)."""
+    def build(model, optimizer, *, steps_per_epoch, epochs, sparsity, **opts):
+        _check_keys(name, opts, DROPGROW_OPTIONS)
+        return cls(model, optimizer, sparsity=sparsity, total_steps=epochs * steps_per_epoch,
+                   steps_per_epoch=steps_per_epoch, **opts)
+
+    return register(name, cls)(build)
 
 
-@register("set", SET)
-def _set(model, optimizer, *, steps_per_epoch, epochs, sparsity, **opts):
-    """As ``rigl`` but random growth and ``distribution="uniform"`` by default."""
-    _check_keys("set", opts, DROPGROW_OPTIONS)
-    return SET(model, optimizer, sparsity=sparsity, total_steps=epochs * steps_per_epoch,
-               steps_per_epoch=steps_per_epoch, **opts)
+_dropgrow("rigl", RigL)
+_dropgrow("set", SET)
 
 
 @register("topkast", TopKAST)
