@@ -150,8 +150,9 @@ def _diverge(rank: int, world: int) -> None:
 def _bad_input(rank: int, world: int, out: str) -> None:
     with pytest.raises(ValueError, match=r"`batch_size` \(63\).*world size \(2\)"):
         Trainer(parse_recipe(_raw(batch_size=63)), out).run()
-    with pytest.raises(ValueError, match="distributed.strategy: fsdp"):
-        Trainer(parse_recipe(_raw(distributed={"strategy": "fsdp"})), out).run()
+    with pytest.raises(ValueError, match="`method.name: rigl` is not supported with `distributed.strategy: fsdp`"):
+        Trainer(parse_recipe(_raw(distributed={"strategy": "fsdp"}, method={"name": "rigl", "sparsity": 0.8})),
+                out).run()
     assert not (Path(out) / "metrics.jsonl").exists() and not (Path(out) / "last").exists()
 
 

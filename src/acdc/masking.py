@@ -12,7 +12,12 @@ zero gradients every ``torch.optim`` optimizer in :data:`_SAFE_OPTIMIZERS` leave
 momentum/Nesterov/weight decay, Adam, AdamW, RMSprop, Adagrad, ...); for others (LBFGS, optimizers outside
 ``torch.optim``) the weights are also re-masked after each step (``mask_weights="auto"``).
 
-Extension point (e.g. sharded parameters): :meth:`MaskedParams._grad_hook` builds the per-parameter hook.
+FSDP2 (``fully_shard``): parameters, gradients and optimizer state are DTensors sharded on dim 0; masks are bool
+DTensors placed like their parameter (see :mod:`acdc.distributed.shards`). Every in-place multiply here works on
+the local shards (``to_local()`` under ``no_grad``), and every count is summed over ranks explicitly. FSDP2 calls a
+sharded parameter's post-accumulate-grad hooks after its reduce-scatter, with the sharded DTensor gradient.
+
+Extension point: :meth:`MaskedParams._grad_hook` builds the per-parameter hook.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
+
+from .distributed.shards import global_counts, is_dtensor, local
+from .distributed.shards import shard_like as _shard_like
 
 # torch.optim optimizers for which zero grad + zero state keeps a zero weight exactly zero.
 _SAFE_OPTIMIZERS = {
@@ -125,7 +133,7 @@ def reset_optimizer_state(optimizer: torch.optim.Optimizer, params: Mapping[str,
             continue
         for k, v in list(state.items()):
             if torch.is_tensor(v):
-                v.zero_()
+                local(v).zero_()
                 count += 1
             elif isinstance(v, (int, float)) and not isinstance(v, bool):
                 state[k] = type(v)(0)
@@ -134,14 +142,21 @@ def reset_optimizer_state(optimizer: torch.optim.Optimizer, params: Mapping[str,
 
 def overall_zero_fraction(tensors: Mapping[str, torch.Tensor]) -> float:
     """Fraction of all elements of ``tensors`` that are exactly zero (0.0 when there are none)."""
-    total = sum(t.numel() for t in tensors.values())
-    zeros = sum(int((t.detach() == 0).sum()) for t in tensors.values())
+    total = sum(t.numel() for t in tensors.values())  # global shape under FSDP
+    zeros = sum(global_counts([int((local(t).detach() == 0).sum()) for t in tensors.values()], tensors))
     return zeros / total if total else 0.0
 
 
 def layer_zero_fractions(tensors: Mapping[str, torch.Tensor]) -> dict[str, float]:
     """Per-tensor fraction of elements that are exactly zero (0.0 for an empty tensor)."""
-    return {n: float((t.detach() == 0).sum()) / t.numel() if t.numel() else 0.0 for n, t in tensors.items()}
+    zeros = global_counts([int((local(t).detach() == 0).sum()) for t in tensors.values()], tensors)
+    return {n: z / t.numel() if t.numel() else 0.0 for (n, t), z in zip(tensors.items(), zeros)}
+
+
+def kept_counts(masks: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """Per-tensor number of kept (True) entries of bool masks, summed over ranks for sharded masks."""
+    kept = global_counts([int(local(m).sum()) for m in masks.values()], masks)
+    return dict(zip(masks, kept))
 
 
 def _is_elementwise(state: Mapping, p: torch.Tensor) -> bool:
@@ -178,7 +193,7 @@ def mask_optimizer_state(
         m = masks[name]
         for v in state.values():
             if torch.is_tensor(v) and v.shape == p.shape:
-                v.mul_(m.to(v.dtype))
+                local(v).mul_(local(m).to(v.dtype))
 
 
 class MaskedParams:
@@ -219,7 +234,7 @@ class MaskedParams:
             m = masks[n]
             if m.shape != p.shape:
                 raise ValueError(f"mask for {n!r} has shape {tuple(m.shape)}, parameter has {tuple(p.shape)}")
-            out[n] = m.to(device=p.device, dtype=torch.bool)
+            out[n] = _shard_like(m.to(device=p.device, dtype=torch.bool), p)
         return out
 
     @torch.no_grad()
@@ -237,20 +252,28 @@ class MaskedParams:
         bm = self._check(masks, "masks")
         gm = bm if grad_masks is None else self._check(grad_masks, "grad_masks")
         self.masks, self.grad_masks = bm, gm
-        # only layers with something pruned take part in the hot path
-        self._names = [n for n in self.params if not bool(bm[n].all())]
+        # only layers with something pruned (in this rank's shard, under FSDP) take part in the hot path; the float
+        # masks are local tensors, multiplied into local shards
+        self._names = [n for n in self.params if not bool(local(bm[n]).all())]
         self._plist = [self.params[n] for n in self._names]
-        self._fmasks = [bm[n].to(self.params[n].dtype) for n in self._names]
+        self._fmasks = [local(bm[n]).to(self.params[n].dtype) for n in self._names]
         fm = dict(zip(self._names, self._fmasks))
-        self._grad_fmasks = {n: fm[n] if gm is bm else gm[n].to(self.params[n].dtype)
-                             for n in self.params if not bool(gm[n].all())}
+        self._grad_fmasks = {n: fm[n] if gm is bm else local(gm[n]).to(self.params[n].dtype)
+                             for n in self.params if not bool(local(gm[n]).all())}
         self._sync_grad_hooks()
         if apply:
             self.apply_to_weights()
 
     # ------------------------------------------------------------------ gradient hooks
     def _grad_hook(self, name: str, fmask: torch.Tensor) -> Callable[[torch.Tensor], None]:
-        """The hook masking ``name``'s accumulated gradient (override for sharded/DTensor parameters)."""
+        """The hook masking ``name``'s accumulated gradient (``fmask``: float mask of the local shard)."""
+        if is_dtensor(self.params[name]):
+            def sharded_hook(p: torch.Tensor) -> None:  # FSDP2: after the reduce-scatter, on the sharded grad
+                with torch.no_grad():
+                    p.grad.to_local().mul_(fmask)
+
+            return sharded_hook
+
         def hook(p: torch.Tensor) -> None:
             p.grad.mul_(fmask)
 
@@ -273,7 +296,7 @@ class MaskedParams:
     @torch.no_grad()
     def apply_to_weights(self) -> None:
         if self._plist:
-            torch._foreach_mul_(self._plist, self._fmasks)
+            torch._foreach_mul_([local(p) for p in self._plist], self._fmasks)
 
     @torch.no_grad()
     def apply_to_grads(self) -> None:
@@ -282,7 +305,7 @@ class MaskedParams:
         for n, m in self._grad_fmasks.items():
             g = self.params[n].grad
             if g is not None:
-                grads.append(g)
+                grads.append(local(g))
                 fm.append(m)
         if grads:
             torch._foreach_mul_(grads, fm)

@@ -152,7 +152,13 @@ class Target:
         return skipped
 
     def compute(self, weights: Mapping[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
-        """Masks (True = kept) for ``weights`` at ``sparsity`` (ignored by N:M, whose sparsity is 1 - N/M)."""
+        """Masks (True = kept) for ``weights`` at ``sparsity`` (ignored by N:M, whose sparsity is 1 - N/M).
+        FSDP2 (DTensor) weights get sharded masks from the exact sharded selection (acdc.distributed.shards)."""
+        from .distributed.shards import any_dtensor, sharded_target_masks
+
+        if any_dtensor(weights) is not None:
+            return sharded_target_masks(self.kind, weights, sparsity, self.layer_sparsity, self.n, self.m,
+                                        self.skipped)
         if self.is_nm:
             out = {}
             for name, w in weights.items():

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from acdc.distributed.shards import global_counts, local
 from acdc.masking import layer_zero_fractions, overall_zero_fraction
 from acdc.targets import PRUNABLE_TYPES, prunable_parameters
 
@@ -53,11 +54,12 @@ def mask_difference(
         raise ValueError(f"mask shapes differ: {', '.join(bad)}")
     changed = total = 0
     layers: dict[str, float] = {}
+    counts = []  # local XOR counts (this rank's rows of sharded masks), summed over ranks below
     for k in prev:
-        a = prev[k].detach().to(torch.bool)
-        b = new[k].detach().to(device=a.device, dtype=torch.bool)
-        c = int((a ^ b).sum())
-        n = a.numel()
+        a = local(prev[k]).detach().to(torch.bool)
+        counts.append(int((a ^ local(new[k]).detach().to(device=a.device, dtype=torch.bool)).sum()))
+    for k, c in zip(prev, global_counts(counts, prev)):
+        n = prev[k].numel()
         changed += c
         total += n
         layers[k] = c / n if n else 0.0
@@ -71,12 +73,11 @@ def layer_density(masks_or_weights: Mapping[str, torch.Tensor] | nn.Module) -> d
     A model is read through :func:`prunable_weights`. The key ``"__overall__"`` is *not* added; use
     :func:`zero_fraction` for an overall number.
     """
-    out = {}
-    for k, t in _as_weights(masks_or_weights).items():
-        t = t.detach()
-        kept = int(t.sum()) if t.dtype == torch.bool else int((t != 0).sum())
-        out[k] = kept / t.numel() if t.numel() else 0.0
-    return out
+    tensors = _as_weights(masks_or_weights)
+    kept = [int(local(t).detach().sum()) if t.dtype == torch.bool else int((local(t).detach() != 0).sum())
+            for t in tensors.values()]
+    return {k: c / t.numel() if t.numel() else 0.0
+            for (k, t), c in zip(tensors.items(), global_counts(kept, tensors))}
 
 
 def zero_fraction(

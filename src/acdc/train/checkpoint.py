@@ -133,10 +133,12 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     return tensors, meta
 
 
-def save_model(path: str | Path, model: nn.Module, metadata: dict[str, Any] | None = None) -> None:
-    """Model weights (state_dict incl. buffers) as safetensors; metadata values are JSON-encoded."""
+def save_model(path: str | Path, model: nn.Module, metadata: dict[str, Any] | None = None,
+               state: dict[str, torch.Tensor] | None = None) -> None:
+    """Model weights (state_dict incl. buffers) as safetensors; metadata values are JSON-encoded. ``state``: the
+    model's full state dict when it is not ``model.state_dict()`` (FSDP: gathered to rank 0)."""
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
-    save_tensors(path, model.state_dict(), meta)
+    save_tensors(path, model.state_dict() if state is None else state, meta)
 
 
 def load_model(path: str | Path, model: nn.Module, strict: bool = True) -> dict[str, Any]:
@@ -265,6 +267,17 @@ def save_run_state(run_dir: str | Path, *, model: nn.Module, masks: dict[str, to
         save_tensors(work / "state.safetensors", tensors)
         atomic_write_bytes(work / "state.json", doc)
         atomic_write_text(work / "meta.json", json.dumps({"epoch": epoch, "complete": True, "format": 2}))
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return publish_checkpoint(run_dir, work, final)
+
+
+def publish_checkpoint(run_dir: Path, work: Path, final: Path) -> Path:
+    """Rename the complete checkpoint directory ``work`` to ``final``, swap ``run_dir/last`` to it atomically and
+    remove older checkpoint directories."""
+    ckpts = final.parent
+    try:
         if final.exists():
             shutil.rmtree(final)
         os.replace(work, final)

@@ -10,6 +10,13 @@ single-process run is unchanged. Design:
 - Masks are computed on every rank from identical weights; :meth:`DistContext.check_masks` all-reduces a 64-bit
   hash of them (MIN and MAX) at every mask change and raises on divergence instead of silently training apart.
 - Only rank 0 writes files (``is_main``); train metrics are summed across ranks.
+
+``strategy: fsdp`` (FSDP2, ``fully_shard`` on a 1-D mesh of every rank; the root module is one parameter group):
+parameters, gradients, optimizer state and masks are dim-0 shards (see :mod:`acdc.distributed.shards`), masks come
+from the exact sharded top-k, so they equal the single-process masks bit for bit without being gathered. Ranks hold
+different shards, so instead of the hash, :meth:`DistContext.check_masks` sums the kept counts over ranks and checks
+them against the target, and checks that every rank's pruned weights are exactly zero. Final models are gathered to
+rank 0 (``full_state_dict``); resumable checkpoints use DCP (:mod:`acdc.train.sharded_checkpoint`).
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Sampler
+
+from ..distributed.shards import global_counts, local
 
 STRATEGIES = ("ddp", "fsdp")
 BACKENDS = ("auto", "gloo", "nccl")
@@ -89,9 +98,49 @@ class DistContext:
                              f"the world size ({self.world}); use a multiple of {self.world}")
         return global_batch // self.world
 
+    @property
+    def fsdp(self) -> bool:
+        """Launched distributed with ``strategy: fsdp``."""
+        return self.active and self.strategy == "fsdp"
+
+    def shard(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """FSDP2: ``fully_shard`` the model in place (before the optimizer is built: it must see the DTensor
+        parameters); a no-op otherwise. One parameter group (the root module): every forward all-gathers it."""
+        if not self.fsdp:
+            return model
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        fully_shard(model, mesh=init_device_mesh(device.type, (self.world,)))
+        return model
+
+    def reshard(self, model: nn.Module) -> None:
+        """FSDP: free the all-gathered parameters a forward without backward (evaluation) leaves behind; the next
+        forward then all-gathers the sharded weights again, so mask changes made to the shards in between count."""
+        if self.fsdp:
+            model.reshard()
+
+    def full_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The model's full state dict: gathered to rank 0 on CPU under FSDP (collective; other ranks get ``{}``),
+        ``model.state_dict()`` otherwise."""
+        if not self.fsdp:
+            return model.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def any_nonfinite(self, tensors: Mapping[str, torch.Tensor]) -> list[str]:
+        """Names of ``tensors`` with a NaN/inf on any rank (every rank gets the same answer under FSDP)."""
+        names = [n for n, t in tensors.items() if t.is_floating_point()]
+        bad = [int(not bool(local(tensors[n]).isfinite().all())) for n in names]
+        if self.fsdp:
+            bad = global_counts(bad, tensors)
+        return [n for n, b in zip(names, bad) if b]
+
     def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
-        """The module to run forward/backward through: DDP around ``model`` when distributed."""
-        if not self.active:
+        """The module to run forward/backward through: DDP around ``model`` when distributed (FSDP: the sharded
+        model itself)."""
+        if not self.active or self.fsdp:
             return model
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -104,9 +153,14 @@ class DistContext:
             for t in tensors:
                 dist.all_reduce(t)
 
-    def check_masks(self, masks: Mapping[str, torch.Tensor] | None, where: str) -> None:
-        """All-reduce MIN and MAX of the masks' 64-bit hash; raise on every rank if any two ranks differ."""
+    def check_masks(self, masks: Mapping[str, torch.Tensor] | None, where: str,
+                    params: Mapping[str, torch.Tensor] | None = None, expected_kept: int | None = None) -> None:
+        """DDP: all-reduce MIN and MAX of the masks' 64-bit hash; raise on every rank if any two ranks differ.
+        FSDP: see :meth:`check_sharded_masks`."""
         if not self.active:
+            return
+        if self.fsdp:
+            self.check_sharded_masks(masks, where, params or {}, expected_kept)
             return
         h = mask_hash(masks)
         t = torch.tensor([h, -h], dtype=torch.int64, device=self._comm_device())
@@ -115,6 +169,24 @@ class DistContext:
         if hi != lo:
             raise RuntimeError(f"masks differ across ranks at {where} (hash min {lo:#x}, max {hi:#x}); the ranks' "
                                "weights diverged — check that every rank runs the same model, seed and data order")
+
+    def check_sharded_masks(self, masks: Mapping[str, torch.Tensor] | None, where: str,
+                            params: Mapping[str, torch.Tensor], expected_kept: int | None) -> None:
+        """FSDP: ranks hold different rows, so hashes cannot agree. One all-reduce of [kept entries, non-zero
+        weights at pruned entries] over every rank's shards; raise on every rank when a pruned weight is non-zero
+        on some shard, or when the global kept count is not ``expected_kept`` (the target's exact count)."""
+        if masks is None:
+            return
+        names = list(masks)
+        kept = sum(int(local(masks[n]).sum()) for n in names)
+        leaked = sum(int((local(params[n]).detach()[~local(masks[n])] != 0).sum()) for n in names if n in params)
+        kept, leaked = global_counts([kept, leaked], masks)
+        if leaked:
+            raise RuntimeError(f"{leaked} pruned weights are non-zero across the shards at {where}; the sharded "
+                               "masks and weights disagree")
+        if expected_kept is not None and kept != expected_kept:
+            raise RuntimeError(f"the sharded masks keep {kept} weights at {where}, the target keeps {expected_kept}; "
+                               "the ranks' top-k diverged")
 
     def barrier(self) -> None:
         if self.active:
@@ -171,8 +243,22 @@ def init_distributed(cfg: Mapping[str, str], device: torch.device) -> DistContex
         ctx = DistContext(dist.get_world_size(), dist.get_rank(), local, strategy, owns_group=True)
     else:
         return DistContext(strategy=strategy)
-    if ctx.active and strategy == "fsdp":
-        ctx.close()
-        raise ValueError("recipe key `distributed.strategy: fsdp` is not supported by `acdc train` yet (the exact "
-                         "sharded top-k is: acdc.distributed.topk); use strategy: ddp")
     return ctx
+
+
+# methods whose masks the sharded selection reproduces exactly (magnitude top-k of the current weights)
+FSDP_METHODS = ("acdc", "oneshot", "dense")
+
+
+def check_fsdp_recipe(method: str, measure_flops: bool, amp: str) -> None:
+    """Refuse, before any training, what ``strategy: fsdp`` cannot run exactly (one-line errors naming the key)."""
+    if method not in FSDP_METHODS:
+        raise ValueError(f"recipe key `method.name: {method}` is not supported with `distributed.strategy: fsdp` (its "
+                         f"mask updates are not exact over shards; supported: {', '.join(FSDP_METHODS)}); use "
+                         "strategy: ddp")
+    if measure_flops:
+        raise ValueError("recipe key `measure_flops: true` is not supported with `distributed.strategy: fsdp` (FLOPs "
+                         "are counted on a whole model); set measure_flops: false or use strategy: ddp")
+    if amp == "fp16":
+        raise ValueError("recipe key `amp: fp16` is not supported with `distributed.strategy: fsdp`; use amp: bf16 "
+                         "or strategy: ddp")

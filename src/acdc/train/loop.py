@@ -30,6 +30,8 @@ from torch.utils.data import DataLoader
 
 from .. import data as data_mod
 from ..integrations.tensorboard import check_backend, open_logger
+from ..masking import kept_counts
+from ..masks import keep_count
 from ..measure.dynamics import MaskTracker
 from ..measure.flops import epoch_training_flops_rel, inference_flops, step_flops_per_sample
 from ..methods import build_method
@@ -48,6 +50,7 @@ from .checkpoint import atomic_write_text, link_or_copy, load_model, load_run_st
 from .evaluate import evaluate, loss_and_correct
 from .recipe import Recipe, dump_recipe
 from .rundir import RunDir, claim_run_dir
+from .sharded_checkpoint import load_sharded_run_state, save_sharded_run_state
 
 try:  # progress bars are optional at import time
     from tqdm.auto import tqdm
@@ -143,6 +146,7 @@ class Trainer:
         self.f_dense = float(inference_flops(self.model, self.example)) if self.recipe.measure_flops else 0.0
         if self.init_weights:
             load_model(self.init_weights, self.model)
+        self.model = self.dist.shard(self.model, self.device)  # FSDP2: DTensor parameters from here on
 
     def _setup_loaders(self) -> None:
         """Train loader (per-epoch seeded shuffle; this rank's share under torchrun), val/test loaders, step counts."""
@@ -198,13 +202,16 @@ class Trainer:
         test = None
         if self.test_loader is not None:
             test = evaluate(self.model, self.test_loader, self.task, self.device, 0, self._amp_ctx)
+        self.dist.reshard(self.model)  # FSDP: a forward without backward leaves the root unsharded
         return val, test
 
     def _model_phase(self) -> str:
         """``sparse`` when the method's masks prune at least one weight, else ``dense``: the label describes the
         evaluated model (GMP before its ramp has masks that prune nothing: that model is dense)."""
         masks = self.method.masks
-        return "sparse" if masks is not None and any(not bool(m.all()) for m in masks.values()) else "dense"
+        if masks is None:
+            return "dense"
+        return "sparse" if any(k < masks[n].numel() for n, k in kept_counts(masks).items()) else "dense"
 
     def _dense_eligible(self) -> bool:
         """Whether this epoch's dense model may become the run's dense model (recipe key ``dense_from``)."""
@@ -227,7 +234,8 @@ class Trainer:
         return self.recipe.seed * 1_000_003 + epoch
 
     def _on_event(self, event: str, info: dict) -> None:
-        self.dist.check_masks(self.method.masks, f"{event} (step {info['step']})")
+        self.dist.check_masks(self.method.masks, f"{event} (step {info['step']})", self.method.masked.params,
+                              self._expected_kept() if event == "compress" else None)
         if event in ("compress", "update") and info.get("masks") is not None:
             n = sum(m.numel() for m in info["masks"].values())
         if event == "compress":
@@ -242,10 +250,35 @@ class Trainer:
                 | _diff_count(rec["mask_diff"], n))
         self._pending.setdefault("events", []).append({"event": event, "step": info["step"], "epoch": info["epoch"]})
 
+    def _expected_kept(self) -> int | None:
+        """Weights a global-magnitude compression keeps: exactly ``keep_count(n, s)`` (None for other targets)."""
+        if getattr(self.method.target, "kind", None) != "global":
+            return None
+        return keep_count(self.method.masked.numel(), self.method.target_sparsity)
+
     # -------------------------------------------------------------- resume
+    def _sharded_checkpoints(self) -> bool:
+        """``strategy: fsdp`` runs (any world size, one process too) keep DCP checkpoints, so they reshard."""
+        return self.recipe.distributed.strategy == "fsdp"
+
     def _restore(self) -> None:
+        if self._sharded_checkpoints():
+            # undo what the method's constructor did first: DCP loads into local shards, which DTensor version
+            # counters do not see, so the method could not tell afterwards that the weights were loaded over
+            self.method._undo_construction()
+            state, sets = load_sharded_run_state(self.out_dir, model=self.model, optimizer=self.optimizer,
+                                                 params=self.method.masked.params)
+            state["tracker"]["prev_masks"] = sets["tracker_masks"]
+            if state.get("update_tracker") is not None:
+                state["update_tracker"]["prev_masks"] = sets["update_masks"]
+            self._restore_rest(state, sets["masks"])
+            return
         state, masks = load_run_state(self.out_dir, self.model)
         self.optimizer.load_state_dict(state["optimizer"])
+        self._restore_rest(state, masks)
+
+    def _restore_rest(self, state: dict[str, Any], masks: dict[str, torch.Tensor] | None) -> None:
+        """Everything after the weights and optimizer: scheduler, method, trackers, counters, RNG, metrics lines."""
         self.scheduler.load_state_dict(state["scheduler"])
         mstate = dict(state["method"])
         mstate["masks"] = masks
@@ -266,6 +299,9 @@ class Trainer:
                 atomic_write_text(mpath, "".join(strict_json(m) + "\n" for m in keep))
 
     def _checkpoint(self) -> None:
+        if self._sharded_checkpoints():
+            self._sharded_checkpoint()
+            return
         if not self.dist.is_main:
             return
         mstate = self.method.state_dict()
@@ -276,6 +312,18 @@ class Trainer:
                  "run": dict(self.state), "rng": rng_state(), "pending": self._pending}
         save_run_state(self.out_dir, model=self.model, masks=masks, state=state, epoch=self.state["epoch"],
                        compress=self.compress_checkpoints)
+
+    def _sharded_checkpoint(self) -> None:
+        """DCP checkpoint from every rank: tensors (weights, optimizer state, masks) sharded, the rest as JSON."""
+        mstate = self.method.state_dict()
+        masks = mstate.pop("masks", None)
+        tracker, update = self.tracker.state_dict(), self.update_tracker.state_dict()
+        sets = {"masks": masks, "tracker_masks": tracker.pop("prev_masks"), "update_masks": update.pop("prev_masks")}
+        state = {"scheduler": self.scheduler.state_dict(), "method": mstate,
+                 "scaler": self.scaler.state_dict() if self.scaler else None, "tracker": tracker,
+                 "update_tracker": update, "run": dict(self.state), "rng": rng_state(), "pending": self._pending}
+        save_sharded_run_state(self.out_dir, model=self.model, optimizer=self.optimizer, mask_sets=sets, state=state,
+                               epoch=self.state["epoch"], dist_ctx=self.dist)
 
     # -------------------------------------------------------------- one epoch of training
     def _train_epoch(self, epoch: int) -> dict[str, float]:
@@ -354,7 +402,7 @@ class Trainer:
             raise NonFiniteError(f"training loss became non-finite at step {first_bad} of epoch {epoch} (lr "
                                  f"{self.optimizer.param_groups[0]['lr']:.3g}); stopped, {self._kept()}; lower "
                                  "optimizer.lr or set grad_clip")
-        bad = [n for n, t in self.model.state_dict().items() if t.is_floating_point() and not bool(t.isfinite().all())]
+        bad = self.dist.any_nonfinite(self.model.state_dict())
         if bad:
             raise NonFiniteError(f"weights became non-finite in epoch {epoch} ({', '.join(bad[:3])}); stopped, "
                                  f"{self._kept()}; lower optimizer.lr or set grad_clip")
@@ -496,9 +544,11 @@ class Trainer:
         if improved:
             self.state["best_dense"] = cand
         self.state["last_dense"] = cand
-        if (improved or self.recipe.dense_pick == "last") and self.dist.is_main:
-            meta = {k: v for k, v in cand.items() if k != "score"} | {"pick": self.recipe.dense_pick}
-            save_model(self.out_dir / "dense.safetensors", self.model, meta)
+        if improved or self.recipe.dense_pick == "last":
+            state = self.dist.full_state_dict(self.model)  # every rank: gathered to rank 0 under FSDP
+            if self.dist.is_main:
+                meta = {k: v for k, v in cand.items() if k != "score"} | {"pick": self.recipe.dense_pick}
+                save_model(self.out_dir / "dense.safetensors", self.model, meta, state=state)
 
     def _finish(self) -> dict[str, Any]:
         """Finalize the method, save the final (= sparse) model and write ``summary.json``."""
@@ -508,8 +558,9 @@ class Trainer:
         final_sparsity = self.method.sparsity()
         meta = {"epoch": r.epochs - 1, "val_acc": val["acc"], "val_loss": val["loss"], "sparsity": final_sparsity,
                 "method": r.method_name}
+        state = self.dist.full_state_dict(self.model)  # every rank: gathered to rank 0 under FSDP
         if self.dist.is_main:
-            save_model(self.out_dir / "final.safetensors", self.model, meta)
+            save_model(self.out_dir / "final.safetensors", self.model, meta, state=state)
             if self.method.yields_sparse:  # the final model is the sparse model: same bytes, no second write
                 link_or_copy(self.out_dir / "final.safetensors", self.out_dir / "sparse.safetensors")
         summary = self._summary(val, test, final_sparsity)

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from ..methods.registry import method_class
+from .distributed import check_fsdp_recipe
 
 
 class RecipeError(ValueError):
@@ -249,6 +250,11 @@ def _check_ranges(r: Recipe) -> None:
     s = r.method.get("sparsity", 0.0)
     need(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 <= s < 1,
          f"`method.sparsity` must be a number in [0, 1) (e.g. 0.9), got {s!r}")
+    if r.distributed.strategy == "fsdp":
+        try:
+            check_fsdp_recipe(r.method_name, r.measure_flops, r.amp)
+        except ValueError as e:
+            raise RecipeError(str(e)) from None
     need(method_class(r.method_name).yields_sparse or not s,
          f"`method.sparsity` ({s}) is set on the `dense` method, which never prunes; remove it or pick a sparse "
          "method (e.g. method: {name: acdc, sparsity: 0.9})")
