@@ -16,8 +16,10 @@ from test_distributed_train import _metrics, _raw, _Stop
 from acdc.distributed.shards import is_dtensor, local
 from acdc.train.checkpoint import CheckpointError, load_tensors
 from acdc.train.distributed import mask_hash
+from acdc.masks import keep_count
 from acdc.train.loop import Trainer
 from acdc.train.recipe import RecipeError, parse_recipe
+from acdc.train.sharded_checkpoint import load_sharded_masks
 
 
 def _fsdp_raw(optimizer: str = "sgd", **over) -> dict:
@@ -137,6 +139,10 @@ def test_dcp_metadata_is_not_unpickled_freely(tmp_path):
     """A crafted .metadata (a pickle that would call a function) is refused by the allow-listed unpickler."""
     raw = _fsdp_raw(epochs=1, method={"name": "acdc", "sparsity": 0.8, "schedule": {"phases": [["sparse", 0, 1]]}})
     Trainer(parse_recipe(raw), tmp_path / "run").run()
+    final, _ = load_tensors(tmp_path / "run" / "final.safetensors")
+    masks = load_sharded_masks(tmp_path / "run", final)  # what `acdc export` reads, in one process
+    assert sum(int(m.sum()) for m in masks.values()) == keep_count(sum(m.numel() for m in masks.values()), 0.8)
+    assert all(torch.equal(final[n] != 0, m) for n, m in masks.items())
     md = tmp_path / "run" / "last" / "dcp" / ".metadata"
 
     class Evil:

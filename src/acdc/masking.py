@@ -15,7 +15,9 @@ momentum/Nesterov/weight decay, Adam, AdamW, RMSprop, Adagrad, ...); for others 
 FSDP2 (``fully_shard``): parameters, gradients and optimizer state are DTensors sharded on dim 0; masks are bool
 DTensors placed like their parameter (see :mod:`acdc.distributed.shards`). Every in-place multiply here works on
 the local shards (``to_local()`` under ``no_grad``), and every count is summed over ranks explicitly. FSDP2 calls a
-sharded parameter's post-accumulate-grad hooks after its reduce-scatter, with the sharded DTensor gradient.
+sharded parameter's post-accumulate-grad hooks after its reduce-scatter, with the sharded DTensor gradient. FSDP2
+keeps the root module unsharded after a forward without backward (evaluation): call ``model.reshard()`` before
+masks change, or the next forward reuses the old gathered weights.
 
 Extension point: :meth:`MaskedParams._grad_hook` builds the per-parameter hook.
 """

@@ -60,6 +60,12 @@ def _run_masks(run_dir: Path, model: nn.Module) -> dict[str, torch.Tensor] | Non
             masks = load_tensors(path)[0]
         elif compressed.is_file() and is_compressed(compressed):  # `--compress-checkpoints`: masks inside
             masks = load_compressed(compressed, copy.deepcopy(model))
+        elif (run_dir / "last" / "dcp").is_dir():  # `distributed.strategy: fsdp`: a DCP checkpoint
+            from ..train.sharded_checkpoint import load_sharded_masks
+
+            masks = load_sharded_masks(run_dir, dict(model.named_parameters()))
+            if masks is None:
+                return None
         else:
             return None
     except CheckpointError:

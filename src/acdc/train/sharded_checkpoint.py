@@ -24,9 +24,11 @@ tensor payloads are read by DCP with ``torch.load(weights_only=True)``. Only ten
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +96,14 @@ def _safe_reader(path: Path):
     return SafeFileSystemReader(str(path))
 
 
+@contextlib.contextmanager
+def _single_process_quiet():
+    """DCP warns on every save/load without a process group (a 1-process run); that is intended here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
+
+
 def _mask_templates(names: list[str] | None, params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor] | None:
     """Bool tensors to load saved masks into: this rank's rows, wrapped like each parameter."""
     if names is None:
@@ -125,7 +135,8 @@ def save_sharded_run_state(run_dir: str | Path, *, model: nn.Module, optimizer: 
     tensors: dict[str, Any] = {"model": get_model_state_dict(model), "optim": osd["state"]}
     tensors.update({k: v for k, v in mask_sets.items() if v is not None})
     try:
-        dcp.save(tensors, checkpoint_id=str(work / "dcp"))
+        with _single_process_quiet():
+            dcp.save(tensors, checkpoint_id=str(work / "dcp"))
         if dist_ctx.is_main:
             doc, plain = _state_files({**state, "param_groups": osd["param_groups"],
                                        "mask_sets": {k: None if v is None else list(v) for k, v in mask_sets.items()}})
@@ -174,9 +185,29 @@ def load_sharded_run_state(run_dir: str | Path, *, model: nn.Module, optimizer: 
     tensors: dict[str, Any] = {"model": msd, "optim": osd["state"]}
     tensors.update({k: v for k, v in mask_sets.items() if v is not None})
     no_dist = not (dist.is_available() and dist.is_initialized())
-    dcp.load(tensors, storage_reader=_safe_reader(last / "dcp"), no_dist=no_dist)
+    with _single_process_quiet():
+        dcp.load(tensors, storage_reader=_safe_reader(last / "dcp"), no_dist=no_dist)
     set_model_state_dict(model, msd)
     osd["param_groups"] = state.pop("param_groups")
     set_optimizer_state_dict(model, optimizer, osd)
     return state, mask_sets
 
+
+
+def load_sharded_masks(run_dir: str | Path, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """The masks of a DCP checkpoint ``run_dir/last`` as full plain tensors (one process, e.g. for export);
+    None when it holds none (a dense phase). ``params``: name -> tensor of the full shape."""
+    import torch.distributed.checkpoint as dcp
+
+    last = checkpoint_dir(run_dir)
+    names = read_run_state(last).get("mask_sets", {}).get("masks")
+    if names is None:
+        return None
+    _read_metadata(last / "dcp" / ".metadata")
+    masks = _mask_templates(names, params)
+    try:
+        with _single_process_quiet():
+            dcp.load({"masks": masks}, storage_reader=_safe_reader(last / "dcp"), no_dist=True)
+    except Exception as e:  # DCP wraps every reader error in its own CheckpointException
+        raise CheckpointError(f"cannot read the masks of DCP checkpoint {last} ({e})") from None
+    return masks
