@@ -14,9 +14,9 @@ from _dist import run_ranks
 from test_distributed_train import _metrics, _raw, _Stop
 
 from acdc.distributed.shards import is_dtensor, local
+from acdc.masks import keep_count
 from acdc.train.checkpoint import CheckpointError, load_tensors
 from acdc.train.distributed import mask_hash
-from acdc.masks import keep_count
 from acdc.train.loop import Trainer
 from acdc.train.recipe import RecipeError, parse_recipe
 from acdc.train.sharded_checkpoint import load_sharded_masks
