@@ -11,8 +11,10 @@ Workloads (random weights pruned by per-layer magnitude, ``acdc.masks.uniform_ma
 * ``linear``  : a stack of ``--depth`` 4096x4096 Linear layers (ReLU between) at batch 1 and 64;
 * ``lm``      : the project's Transformer LM in the shape of the WikiText recipe (16 layers, d_model 410, 10 heads,
   context 128, vocabulary ``--vocab``), token embedding and tied head dense as in the recipe: one forward over a
-  full 128-token window, and batch-1 next-token decoding with a KV cache (``acdc.deploy.decode.lm_step``, the same
-  step exported to ONNX for ORT);
+  full 128-token window, and batch-1 next-token decoding with a KV cache at position 128: ORT runs the ONNX graph
+  of ``acdc.deploy.decode.lm_step`` (cache in, ``Concat``, cache out: what an ONNX export of a step is), torch
+  runs ``acdc.deploy.KVDecoder`` (preallocated cache, single-row path) on the dense and the CPU-sparse model;
+  the CPU-sparse model through ``lm_step`` (same Concat as the ORT graph) is printed too;
 * ``resnet``  : ResNet-20 (32x32) and ResNet-50 (224x224) whole-model times, plus the per-layer-type split from
   the CPU path's own per-layer timings (3x3 convs always stay dense);
 * ``sizes``   : ResNet-50 file sizes at each of ``--sparsities``: dense safetensors, compressed (bitmask), compressed
@@ -38,7 +40,7 @@ from torch import nn
 from acdc import masks as M
 from acdc import models
 from acdc.deploy import to_cpu_sparse
-from acdc.deploy.decode import lm_step
+from acdc.deploy.decode import KVDecoder, lm_step
 from acdc.export import export_onnx, load_compressed, save_compressed
 from acdc.targets import prunable_parameters
 from acdc.train.checkpoint import load_model, save_model
@@ -131,8 +133,9 @@ def bench_lm(a, tmp: Path) -> None:
             torch.randint(0, a.vocab, (1, 128)), tmp, a.threads, max(3, a.repeats // 3))
     # batch-1 next-token decoding with a KV cache: token 128 after a 127-token prefix
     tok = torch.randint(0, a.vocab, (1, 1))
+    prefix = torch.randint(0, a.vocab, (1, 127))
     with torch.inference_mode():
-        _, past = lm_step(model, torch.randint(0, a.vocab, (1, 127)))
+        _, past = lm_step(model, prefix)
     pk, pv = torch.stack([k for k, _ in past]), torch.stack([v for _, v in past])
     fast = to_cpu_sparse(model, tok, repeats=max(5, a.repeats // 2))
     path = tmp / "step.onnx"
@@ -143,18 +146,33 @@ def bench_lm(a, tmp: Path) -> None:
     opts.intra_op_num_threads, opts.inter_op_num_threads = a.threads, 1
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     feed = {"tokens": tok.numpy(), "past_k": pk.numpy(), "past_v": pv.numpy()}
+    decoders = {}
+    for name, m in (("dense", model), ("sparse", fast)):  # the same 127-token prefix in a preallocated cache
+        decoders[name] = KVDecoder(m)
+        decoders[name].step(prefix)
+
+    def kv_step(name: str):  # one token at position 128, then drop it again: every call is the same step
+        logits = decoders[name].step(tok)
+        decoders[name].length -= 1
+        return logits
+
     with torch.inference_mode():
         ref = lm_step(model, tok, past)[0]
-        err = float((lm_step(fast, tok, past)[0] - ref).abs().max())
+        err = float((kv_step("sparse") - ref).abs().max())
+        err_cat = float((lm_step(fast, tok, past)[0] - ref).abs().max())
         ort_err = float((torch.from_numpy(sess.run(None, feed)[0]) - ref).abs().max())
-    t = interleaved({"torch dense": lambda: lm_step(model, tok, past), "ORT dense": lambda: sess.run(None, feed),
-                     "acdc cpu-sparse": lambda: lm_step(fast, tok, past)}, a.repeats)
+    t = interleaved({"ORT dense": lambda: sess.run(None, feed), "torch dense": lambda: kv_step("dense"),
+                     "acdc cpu-sparse": lambda: kv_step("sparse"),
+                     "cpu-sparse lm_step": lambda: lm_step(fast, tok, past)}, a.repeats)
     csr = sum(p["chosen"] == "csr" for p in fast.cpu_sparse_plan)
-    print(f"{label}, batch-1 next-token decoding with KV cache (position 128): torch dense "
-          f"{1e3 * t['torch dense']:.2f} ms | ORT dense {1e3 * t['ORT dense']:.2f} ms | cpu-sparse "
-          f"{1e3 * t['acdc cpu-sparse']:.2f} ms -> {t['ORT dense'] / t['acdc cpu-sparse']:.2f}x ORT dense, "
-          f"{t['torch dense'] / t['acdc cpu-sparse']:.2f}x torch dense ({csr}/{len(fast.cpu_sparse_plan)} layers CSR; "
-          f"max |diff| vs torch: cpu-sparse {err:.1e}, ORT {ort_err:.1e})", flush=True)
+    print(f"{label}, batch-1 next-token decoding with KV cache (position 128): ORT dense "
+          f"{1e3 * t['ORT dense']:.2f} ms (ONNX graph of lm_step: Concat of each layer's cache) | acdc.deploy "
+          f"KVDecoder (preallocated cache, row path): torch dense {1e3 * t['torch dense']:.2f} ms, cpu-sparse "
+          f"{1e3 * t['acdc cpu-sparse']:.2f} ms -> {t['ORT dense'] / t['acdc cpu-sparse']:.2f}x ORT dense | "
+          f"cpu-sparse through lm_step (Concat like the ORT graph) {1e3 * t['cpu-sparse lm_step']:.2f} ms -> "
+          f"{t['ORT dense'] / t['cpu-sparse lm_step']:.2f}x ORT dense ({csr}/{len(fast.cpu_sparse_plan)} layers "
+          f"CSR; max |diff| vs torch lm_step: KVDecoder {err:.1e}, lm_step {err_cat:.1e}, ORT {ort_err:.1e})",
+          flush=True)
 
 
 def bench_resnet(a, tmp: Path) -> None:
