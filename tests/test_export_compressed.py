@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import struct
 
+import numpy as np
 import pytest
 import torch
 from _sparse_models import sparse_model
@@ -12,7 +13,7 @@ from safetensors import safe_open
 
 from acdc import load_compressed, save_compressed
 from acdc import masks as M
-from acdc.export.compressed import compress_weight, read_sparsity_config
+from acdc.export.compressed import _set_bits, compress_weight, decompress_weight, read_sparsity_config
 from acdc.export.nm import NMPatternError
 from acdc.targets import prunable_parameters
 from acdc.train.checkpoint import CheckpointError, save_model
@@ -163,6 +164,29 @@ def test_inconsistent_bitmask_is_rejected(tmp_path):
     save_file(tensors, str(path), metadata=meta)
     with pytest.raises(CheckpointError, match="corrupt.*net.1.weight"):
         load_compressed(path, sparse_model("mlp"))
+
+
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.05, 0.0999, 0.1, 0.1001, 0.3, 1.0])
+@pytest.mark.parametrize("cols", [64, 147])
+def test_set_bit_indices_match_flatnonzero(density, cols):
+    # around numpy's 10% switch between its two nonzero loops (the padding trick) and with rows padded to bytes
+    gen = torch.Generator().manual_seed(int(density * 1e4) + cols)
+    w = torch.randn(37, cols, generator=gen) * (torch.rand(37, cols, generator=gen) < density)
+    parts = compress_weight("w", w)
+    packed = parts["w.bitmask"].numpy()
+    idx, mask = _set_bits(packed, 37, cols, parts["w.compressed"].numel())
+    assert np.array_equal(idx, np.flatnonzero(w.numpy() != 0)) and np.array_equal(mask, w.numpy() != 0)
+    out, m = decompress_weight("w", parts)
+    assert torch.equal(_bits(out), _bits(w + 0.0)) and torch.equal(m, w != 0)
+
+
+def test_bits_past_the_last_column_are_rejected():
+    parts = compress_weight("w", torch.ones(2, 10))
+    parts["w.bitmask"][1, 1] |= 0x80  # column 15 of a 10-column row: its count would still match a value
+    parts["w.compressed"] = torch.ones(21)
+    parts["w.row_offsets"] = torch.tensor([0, 10])
+    with pytest.raises(ValueError, match="bits set past the 10 columns"):
+        decompress_weight("w", parts)
 
 
 def test_nm_pattern_validated_and_recorded(tmp_path):

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import gzip as _gzip
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
@@ -92,12 +92,38 @@ def _check_parts(name: str, parts: dict[str, torch.Tensor]) -> tuple[list[int], 
     for key in (f"{name}.bitmask", f"{name}.mask"):
         if key in parts and (parts[key].dtype != torch.uint8 or tuple(parts[key].shape) != (rows, (cols + 7) // 8)):
             raise ValueError(f"{key} has shape {tuple(parts[key].shape)}, expected {(rows, (cols + 7) // 8)}")
+    if cols % 8 and rows and (packed[:, -1] >> (cols % 8)).any():
+        raise ValueError(f"{name}.bitmask has bits set past the {cols} columns of a row")
     counts = _row_counts(packed)
     if values.dim() != 1 or values.numel() != int(counts.sum()):
         raise ValueError(f"{name}.compressed holds {values.numel()} values but the bitmask marks {int(counts.sum())}")
-    if not torch.equal(offsets, torch.cumsum(counts, 0) - counts):
+    if offsets.dtype != torch.int64 or not torch.equal(offsets, torch.cumsum(counts, 0) - counts):
         raise ValueError(f"{name}.row_offsets does not match the bitmask")
     return shape, rows, cols
+
+
+# numpy's nonzero on a bool array runs a branch-free loop when more than 10% of the entries are set, and a
+# memchr-based scan otherwise; on random bit patterns with 3-10% set bits (a 90%-sparse weight sits right at 10%)
+# the scan is 2-3x slower, so _set_bits appends enough set bits to cross 10% and drops their indices
+_BRANCHLESS_ABOVE = 0.1
+_PAD_FROM = 0.03
+
+
+def _set_bits(packed: np.ndarray, rows: int, cols: int, nnz: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row-major flat indices of the ``nnz`` set bits, bool mask ``(rows, cols)``) of a packed bitmask."""
+    width = packed.shape[1] * 8
+    nbits = rows * width
+    flat = packed.reshape(-1)
+    if _PAD_FROM * nbits < nnz <= _BRANCHLESS_ABOVE * nbits:
+        extra = int((_BRANCHLESS_ABOVE * nbits - nnz) / (1 - _BRANCHLESS_ABOVE)) + 64
+        flat = np.concatenate([flat, np.full(extra // 8, 255, np.uint8)])
+    bits = np.unpackbits(flat, bitorder="little").view(bool)
+    idx = bits.nonzero()[0][:nnz]
+    mask = bits[:nbits].reshape(rows, width)
+    if cols != width:  # rows padded to whole bytes: map (row, col) of the padded layout to row * cols + col
+        idx = idx // width * cols + idx % width
+        mask = np.ascontiguousarray(mask[:, :cols])
+    return idx, mask
 
 
 def decompress_weight(name: str, parts: dict[str, torch.Tensor], out: torch.Tensor | None = None,
@@ -108,16 +134,15 @@ def decompress_weight(name: str, parts: dict[str, torch.Tensor], out: torch.Tens
     """
     shape, rows, cols = checked or _check_parts(name, parts)
     values = parts[f"{name}.compressed"]
-    nz = _unpack(parts[f"{name}.bitmask"], cols)
+    idx, nz = _set_bits(parts[f"{name}.bitmask"].numpy(), rows, cols, values.numel())
     if out is None:
         out = torch.zeros(shape, dtype=values.dtype)
     else:
         out.zero_()
-    # flat indices of the set bits (numpy's bool nonzero is vectorised), then one index_copy_: about 2x faster
-    # than masked_scatter_ on 90%-sparse weights, and no per-row Python loop
-    idx = torch.from_numpy(np.flatnonzero(nz.numpy()))
-    out.view(-1).index_copy_(0, idx, values)
-    mask = _unpack(parts[f"{name}.mask"], cols) if f"{name}.mask" in parts else nz
+    # one index_copy_ of the values at the flat indices of the set bits: ~2x faster than masked_scatter_ and no
+    # per-row Python loop
+    out.view(-1).index_copy_(0, torch.from_numpy(idx), values)
+    mask = _unpack(parts[f"{name}.mask"], cols) if f"{name}.mask" in parts else torch.from_numpy(nz)
     return out, mask.reshape(shape)
 
 
@@ -213,12 +238,41 @@ def save_compressed(
     return config
 
 
-def _read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors and the metadata, from one read of the (possibly gzipped) file.
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
 
-    ``safetensors.torch.load`` on the file's bytes: one buffer, no per-tensor file access (faster than
-    ``safe_open(...).get_tensor`` per key for the ~500 small tensors of a compressed ResNet-50).
+
+def _views(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor of a safetensors buffer as a read-only view into ``data`` (no copy), and the metadata.
+
+    Checks what ``safetensors`` checks (header inside the buffer, known dtypes, offsets inside the data section
+    and matching the shape); ValueError otherwise. ``safetensors.torch.load`` copies every tensor out of the
+    buffer and costs ~3x this on the ~500 tensors of a compressed ResNet-50.
     """
+    if len(data) < 8:
+        raise ValueError("shorter than a safetensors header")
+    n = int.from_bytes(data[:8], "little")
+    if 8 + n > len(data):
+        raise ValueError("the header runs past the end of the file")
+    header = json.loads(data[8:8 + n])
+    meta = header.pop("__metadata__", None) or {}
+    body = np.frombuffer(data, np.uint8, offset=8 + n)
+    tensors = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "The given buffer is not writable": the views are only read
+        for key, spec in header.items():
+            dtype = _DTYPES[spec["dtype"]]
+            shape = [int(d) for d in spec["shape"]]
+            start, end = (int(o) for o in spec["data_offsets"])
+            if not 0 <= start <= end <= body.size or end - start != int(np.prod(shape)) * dtype.itemsize:
+                raise ValueError(f"tensor {key!r} lies outside the file or does not match its shape")
+            tensors[key] = torch.from_numpy(body[start:end]).view(dtype).view(shape)
+    return tensors, meta
+
+
+def _read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors (read-only views into one buffer) and the metadata, from one read of the (gzipped) file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"compressed checkpoint not found: {path}")
@@ -226,10 +280,8 @@ def _read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         data = path.read_bytes()
         if data[:2] == b"\x1f\x8b":
             data = _gzip.decompress(data)
-        tensors = st_load(data)
-        n = int.from_bytes(data[:8], "little")
-        meta = json.loads(data[8:8 + n]).get("__metadata__", {})
-    except (SafetensorError, ValueError, RuntimeError, OSError, EOFError, _gzip.BadGzipFile) as e:
+        tensors, meta = _views(data)
+    except (KeyError, TypeError, ValueError, RuntimeError, OSError, EOFError, _gzip.BadGzipFile) as e:
         raise CheckpointError(f"compressed checkpoint {path} is truncated or corrupt ({e}); export it again") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an acdc compressed checkpoint (no format={FORMAT} metadata); load a "
@@ -322,6 +374,7 @@ def load_compressed(path: str | Path, model: nn.Module) -> dict[str, torch.Tenso
             if not inplace:
                 dst.copy_(w)
         target_ptrs = {own[t].data_ptr() for t in targets}
-        rest = {k: v for k, v in dense.items() if not own[k].numel() or own[k].data_ptr() not in target_ptrs}
-        model.load_state_dict(rest, strict=False)
+        for k, v in dense.items():  # names and shapes were checked: copy straight into the model's tensors
+            if not own[k].numel() or own[k].data_ptr() not in target_ptrs:
+                own[k].copy_(v)
     return masks
