@@ -180,11 +180,13 @@ class KVDecoder:
         c, h = self.width, self.heads
         shape = (c,)
         x = self.model.tok_emb.weight[token] + self.model.pos_emb.weight[p]
+        layer_keys, layer_values = keys.unbind(0), values.unbind(0)
         for i, (ln1, qkv, proj, ln2, fc1, gelu, fc2) in enumerate(blocks):
             q, k, v = qkv(F.layer_norm(x, shape, *ln1)).view(3, 1, h, 1, c // h).unbind(0)
-            keys[i, :, :, p:p + 1] = k
-            values[i, :, :, p:p + 1] = v
-            y = F.scaled_dot_product_attention(q, keys[i, :, :, :p + 1], values[i, :, :, :p + 1])
+            ks, vs = layer_keys[i], layer_values[i]  # narrow + copy_: cheaper than __setitem__ with slices
+            ks.narrow(2, p, 1).copy_(k)
+            vs.narrow(2, p, 1).copy_(v)
+            y = F.scaled_dot_product_attention(q, ks.narrow(2, 0, p + 1), vs.narrow(2, 0, p + 1))
             x = x + proj(y.view(c))
             x = x + fc2(F.gelu(fc1(F.layer_norm(x, shape, *ln2)), approximate=gelu))
         return head(F.layer_norm(x, shape, *ln_f)).view(1, 1, -1)
