@@ -69,7 +69,7 @@ def lm_phases(args: argparse.Namespace) -> dict:
                       "no_decay_bias_norm": True},
         "lr_schedule": {"name": "cosine", "warmup_epochs": 1},
         "grad_clip": 1.0, "progress": False, "measure_flops": False,
-        "method": {"name": "acdc", "sparsity": args.sparsity, "target": "global", "exclude": ["tok_emb.weight"],
+        "method": {"name": "acdc", "sparsity": args.sparsity, "distribution": "global", "exclude": ["tok_emb.weight"],
                    "schedule": "paper_imagenet"},
     }
     recipe = parse_recipe(raw)

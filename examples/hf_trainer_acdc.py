@@ -47,7 +47,7 @@ def main() -> None:
                                          max_position_embeddings=64))
     # AC/DC over 6 epochs: dense warm-up D0-1, then S2, D3 and the final sparse phase S4-5
     schedule = {"warmup": 2, "sparse": 1, "dense": 1, "final_sparse": 2}
-    acdc = ACDCCallback(method="acdc", sparsity=a.sparsity, schedule=schedule, target="global")
+    acdc = ACDCCallback(method="acdc", sparsity=a.sparsity, schedule=schedule, distribution="global")
     args = TrainingArguments(output_dir=a.out, num_train_epochs=6, per_device_train_batch_size=16,
                              gradient_accumulation_steps=2, learning_rate=1e-2, lr_scheduler_type="cosine",
                              warmup_steps=0.05, save_strategy="epoch", save_total_limit=1, logging_steps=10,

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from acdc.methods import RigL, build_method
-from acdc.methods.distributions import erk, keep_count
+from acdc.selection import erk, keep_count
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

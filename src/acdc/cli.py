@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 EXIT_NONFINITE = 3  # training diverged (NaN/inf loss or weights); bad input and OS errors exit 2, Ctrl-C 130
 
@@ -34,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # a recipe's deprecated key (e.g. `method.target`) is shown to the user, not hidden like library deprecations
+    warnings.filterwarnings("default", message=r"`method\.\w+: .*` is deprecated", category=DeprecationWarning)
     from .train.checkpoint import CheckpointError
     from .train.loop import NonFiniteError
     from .train.recipe import RecipeError

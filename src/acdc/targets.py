@@ -1,4 +1,4 @@
-"""Which parameters are prunable, and how a sparsity target turns weights into masks.
+"""Which parameters are prunable (which positions of them are kept: :mod:`acdc.selection`).
 
 Default prunable set: the ``weight`` of every Conv1d/2d/3d and Linear module, first and last layer included (the
 paper's headline setting); never biases or normalization parameters. A tied weight (one tensor used by several
@@ -11,15 +11,13 @@ matches nothing is an error, so typos cannot silently leave a layer dense.
 from __future__ import annotations
 
 import fnmatch
-import re
-import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
-from . import masks as _masks
+from .selection import Target
+
+__all__ = ["PRUNABLE_TYPES", "Target", "parameter_aliases", "prunable_parameters"]  # Target: re-exported
 
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -90,86 +88,3 @@ def prunable_parameters(
     if not chosen:
         raise ValueError("no prunable parameters: the model has no Conv/Linear weights left after include/exclude")
     return {n: named[n] for n in chosen}
-
-
-_NM_RE = re.compile(r"^(\d+):(\d+)$")
-
-
-@dataclass
-class Target:
-    """How to turn weights into masks at a given sparsity: ``global``, ``uniform`` or ``N:M`` (e.g. ``2:4``)."""
-
-    kind: str = "global"
-    n: int = 0
-    m: int = 0
-    layer_sparsity: Mapping[str, float] | None = None  # optional per-layer overrides for `uniform`
-    skipped: list[str] = field(default_factory=list)
-
-    @classmethod
-    def parse(cls, spec: str | Target) -> Target:
-        if isinstance(spec, Target):
-            return spec
-        if not isinstance(spec, str):
-            raise ValueError(f"target must be 'global', 'uniform' or 'N:M' like '2:4', got {spec!r}")
-        s = spec.strip().lower()
-        if s in ("global", "uniform"):
-            return cls(kind=s)
-        m = _NM_RE.match(s)
-        if m:
-            n, mm = int(m.group(1)), int(m.group(2))
-            if not 0 < n < mm:
-                raise ValueError(f"target {spec!r}: N:M needs 0 < N < M (e.g. '2:4')")
-            return cls(kind="nm", n=n, m=mm)
-        raise ValueError(f"target must be 'global', 'uniform' or 'N:M' like '2:4', got {spec!r}")
-
-    @property
-    def is_nm(self) -> bool:
-        return self.kind == "nm"
-
-    def nominal_sparsity(self, sparsity: float) -> float:
-        return 1.0 - self.n / self.m if self.is_nm else sparsity
-
-    def prepare(self, params: Mapping[str, torch.Tensor]) -> list[str]:
-        """For N:M: list (and warn about) layers whose input channels are not a multiple of M; they stay dense.
-        Raises when that is every layer."""
-        if not self.is_nm:
-            self.skipped = []
-            return []
-        skipped = [n for n, p in params.items() if p.dim() < 2 or p.shape[1] % self.m]
-        if skipped and len(skipped) == len(params):
-            raise ValueError(
-                f"N:M {self.n}:{self.m} skips every prunable layer (no input-channel count is a multiple of "
-                f"{self.m}: {skipped}), so the model would never be sparse; use target 'global' or 'uniform', or "
-                "an M that divides the layers' input channels"
-            )
-        if skipped:
-            warnings.warn(
-                f"N:M {self.n}:{self.m}: skipping {len(skipped)} layer(s) whose input channels are not a multiple "
-                f"of {self.m} (they stay dense): {skipped}",
-                stacklevel=3,
-            )
-        self.skipped = skipped
-        return skipped
-
-    def compute(self, weights: Mapping[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
-        """Masks (True = kept) for ``weights`` at ``sparsity`` (ignored by N:M, whose sparsity is 1 - N/M).
-        FSDP2 (DTensor) weights get sharded masks from the exact sharded selection (acdc.distributed.shards)."""
-        from .distributed.shards import any_dtensor, sharded_target_masks
-
-        if any_dtensor(weights) is not None:
-            return sharded_target_masks(self.kind, weights, sparsity, self.layer_sparsity, self.n, self.m,
-                                        self.skipped)
-        if self.is_nm:
-            out = {}
-            for name, w in weights.items():
-                if name in self.skipped:
-                    out[name] = torch.ones(w.shape, dtype=torch.bool, device=w.device)
-                else:
-                    out[name] = _masks.n_m(w, self.n, self.m)
-            return out
-        if self.kind == "uniform":
-            if self.layer_sparsity:
-                per = {n: self.layer_sparsity.get(n, sparsity) for n in weights}
-                return _masks.uniform_magnitude(weights, per)
-            return _masks.uniform_magnitude(weights, sparsity)
-        return _masks.global_magnitude(weights, sparsity)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..selection import structure_of
 from ..train.checkpoint import CheckpointError, load_model, load_tensors
 from ..train.recipe import Recipe, load_recipe
 from .compressed import is_compressed, load_compressed
@@ -129,8 +130,7 @@ def load_source(source: str | Path) -> Source:
     shape = (1, *[int(s) for s in io["input_shape"]])
     example = torch.zeros(shape, dtype=torch.long) if task == "lm" else torch.randn(shape, generator=torch.Generator()
                                                                                    .manual_seed(0))
-    target = str(recipe.method.get("target", "global"))
-    structure = target if ":" in target else "unstructured"
+    structure = structure_of(recipe.method)
     parse_nm(structure)
     return Source(path=weights, recipe=recipe, model=model, masks=masks, example=example, task=task,
                   structure=structure)

@@ -76,7 +76,8 @@ def _json_safe_config(method: str, sparsity: float, schedule: Any, options: dict
     """The callback's arguments as JSON (trainers store them in checkpoints to rebuild the callback)."""
     opts = dict(options)
     if isinstance(opts.get("target"), Target):
-        raise TypeError("ACDCCallback: pass `target` as a string ('global', 'uniform' or 'N:M'), not a Target")
+        raise TypeError("ACDCCallback: pass `structure` ('unstructured' or 'N:M') and `distribution` ('global', "
+                        "'uniform' or 'erk') as strings, not a Target")
     cfg: dict[str, Any] = {"method": method, "sparsity": sparsity, **opts}
     if schedule is not None:
         cfg["schedule"] = schedule.to_dict() if isinstance(schedule, Schedule) else schedule

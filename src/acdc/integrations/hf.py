@@ -30,8 +30,9 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 class ACDCCallback(TrainerCallback, ExportableState):
     """Runs an acdc sparse-training method (``"acdc"``, ``"gmp"``, ``"rigl"``, ...) inside a HF ``Trainer``.
 
-    ``method_options`` are the method's options as in a recipe's ``method:`` block (``target``, ``include``,
-    ``exclude``, ``update_every``, ...). Arguments must be plain values, since checkpoints store them.
+    ``method_options`` are the method's options as in a recipe's ``method:`` block (``structure``,
+    ``distribution``, ``include``, ``exclude``, ``update_every``, ...). Arguments must be plain values, since
+    checkpoints store them.
     """
 
     def __init__(self, method: str = "acdc", sparsity: float = 0.9, schedule: Any = None,

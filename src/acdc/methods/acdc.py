@@ -2,29 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..masking import reset_optimizer_state
 from ..schedule import SPARSE, Schedule
-from ..targets import Target
-from .base import SparseMethod
+from .base import SharedOptions, SparseMethod
+
+if TYPE_CHECKING:
+    from typing import Unpack
 
 
 class ACDC(SparseMethod):
     """AC/DC controller for any model and any ``torch.optim`` optimizer.
 
-    - At each sparse-phase start: a fresh top-k over *all* prunable weights (``target``: global magnitude,
-      uniform per layer, or N:M); pruned weights are zeroed, their optimizer state too.
+    - At each sparse-phase start: a fresh top-k over *all* prunable weights (``structure`` × ``distribution``:
+      global magnitude, uniform or ERK per layer, or N:M); pruned weights are zeroed, their optimizer state too.
     - During a sparse phase: pruned weights stay exactly 0 and get zero gradients (optimizer step pre-hook).
     - At each dense-phase start: every weight re-opens (pruned ones restart at 0) and the optimizer state
       (momentum buffers, Adam moments, step counts) of all parameters is reset to zero.
 
     Time: ``t = steps / steps_per_epoch`` epochs; with ``steps_per_epoch=None``, call :meth:`step` once per epoch.
+    Shared options (``steps_per_epoch``, ``structure``, ``distribution``, ``include``, ...): :class:`SharedOptions`.
     """
 
     name = "acdc"
@@ -38,18 +40,12 @@ class ACDC(SparseMethod):
         *,
         sparsity: float,
         schedule: Schedule,
-        steps_per_epoch: int | None = None,
-        target: str | Target = "global",
-        include: str | Iterable[str] | None = None,
-        exclude: str | Iterable[str] | None = None,
         reset_optimizer: bool = True,
-        mask_weights: bool | str = "auto",
-        auto_step: bool = False,
+        **shared: Unpack[SharedOptions],
     ) -> None:
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be an acdc.Schedule, got {type(schedule).__name__}")
-        super().__init__(model, optimizer, sparsity=sparsity, steps_per_epoch=steps_per_epoch, target=target,
-                         include=include, exclude=exclude, mask_weights=mask_weights, auto_step=auto_step)
+        super().__init__(model, optimizer, sparsity=sparsity, **shared)
         self.schedule = schedule
         self.reset_optimizer = reset_optimizer
         self.compressions = 0

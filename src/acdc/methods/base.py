@@ -18,7 +18,7 @@ wrapped so these run around each evaluation, after its backward.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 from torch import nn
@@ -34,9 +34,36 @@ from ..masking import (
     unwrap_optimizer,
 )
 from ..masks import check_sparsity
-from ..targets import Target, parameter_aliases, prunable_parameters
+from ..selection import UNSTRUCTURED, Target, resolve_target
+from ..targets import parameter_aliases, prunable_parameters
+
+if TYPE_CHECKING:
+    from typing import Unpack
 
 Listener = Callable[[str, dict], None]
+
+
+class SharedOptions(TypedDict, total=False):
+    """Options every method takes, handled once by :class:`SparseMethod` (a method's own options come first).
+
+    - ``steps_per_epoch``: optimizer steps per epoch (``len(train_loader)``); None: call ``step()`` once per epoch.
+    - ``structure`` (``"unstructured"`` | ``"N:M"``), ``distribution`` (``"global"`` | ``"uniform"`` | ``"erk"``;
+      default: the method's), ``erk_power_scale``: which positions are kept (:mod:`acdc.selection`); ``target``:
+      the deprecated one-word spelling (``"global"``, ``"uniform"``, ``"2:4"``) or a :class:`Target`.
+    - ``include`` / ``exclude``: glob patterns choosing the prunable parameters (:func:`prunable_parameters`).
+    - ``mask_weights``: re-zero pruned weights after each step (``"auto"``: only for optimizers that do not keep
+      zeros at zero); ``auto_step``: call :meth:`SparseMethod.step` from ``optimizer.step()``.
+    """
+
+    steps_per_epoch: int | None
+    structure: str | None
+    distribution: str | None
+    erk_power_scale: float | None
+    target: str | Target | None
+    include: str | Iterable[str] | None
+    exclude: str | Iterable[str] | None
+    mask_weights: bool | str
+    auto_step: bool
 
 
 class SparseMethod:
@@ -50,53 +77,81 @@ class SparseMethod:
     has_dense_finetune: bool = False  # its best dense model can be fine-tuned densely (AC/DC: `acdc finetune-dense`)
     compressions: int = 0  # sparse-phase starts so far (AC/DC counts them; a dense model counts after the first)
 
+    # What the shared selection options may say (see acdc.selection): a method's default distribution, whether it
+    # supports N:M structure, and whether it selects positions at all (STR learns thresholds instead).
+    default_distribution: str = "global"
+    supports_nm: bool = True
+    selects_positions: bool = True
+
     def __init__(
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         *,
         sparsity: float,
-        steps_per_epoch: int | None = None,
-        target: str | Target = "global",
-        include: str | Iterable[str] | None = None,
-        exclude: str | Iterable[str] | None = None,
-        mask_weights: bool | str = "auto",
-        auto_step: bool = False,
+        **shared: Unpack[SharedOptions],
     ) -> None:
+        """``shared``: the options every method takes (:class:`SharedOptions`), handled here once."""
+        unknown = set(shared) - set(SharedOptions.__annotations__)
+        if unknown:
+            raise TypeError(f"{type(self).__name__}: unknown option(s) {sorted(unknown)}")
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         optimizer = unwrap_optimizer(optimizer)  # AcceleratedOptimizer & co.: hook the real optimizer
         model = unwrap_model(model)  # DDP / torch.compile: names (and saved masks) without wrapper prefixes
+        steps_per_epoch = shared.get("steps_per_epoch")
         if steps_per_epoch is not None and (not isinstance(steps_per_epoch, int) or steps_per_epoch < 1):
             raise ValueError(f"steps_per_epoch must be a positive integer (len(train_loader)), got {steps_per_epoch!r}")
         self.model = model
         self.optimizer = optimizer
-        self.target = Target.parse(target)
+        self.target = type(self).resolve_target(shared)
         self.target_sparsity = check_sparsity(sparsity) if not self.target.is_nm else self.target.nominal_sparsity(0)
         self.steps_per_epoch = steps_per_epoch
-        self.masked = MaskedParams(prunable_parameters(model, include, exclude))
+        self.masked = MaskedParams(prunable_parameters(model, shared.get("include"), shared.get("exclude")))
         # every name of each prunable parameter (tied weights have several) -> the name used here
         self.aliases = {a: n for n, names in parameter_aliases(model).items() if n in self.masked.params
                         for a in names}
         self.skipped: list[str] = self.target.prepare(self.masked.params)
-        opt_ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
-        not_opt = [n for n, p in self.masked.params.items() if id(p) not in opt_ids]
-        if not_opt:
-            raise ValueError(f"prunable parameters {not_opt[:5]} are not in the optimizer; build the optimizer from "
-                             "model.parameters() or exclude them")
-        if mask_weights == "auto":
-            mask_weights = not optimizer_keeps_zeros(optimizer)
-        self.mask_weights = bool(mask_weights)
-        self.auto_step = auto_step
+        self._check_in_optimizer(optimizer)
+        mask_weights = shared.get("mask_weights", "auto")
+        self.mask_weights = bool(not optimizer_keeps_zeros(optimizer) if mask_weights == "auto" else mask_weights)
+        self.auto_step = bool(shared.get("auto_step", False))
         self.steps = 0
         self._pristine: dict[str, Any] | None = None  # see _pristine_begin
         self.history: list[dict] = []
         self._listeners: list[Listener] = []
         needs_pre = (type(self)._before_update is not SparseMethod._before_update
                      or type(self)._before_closure is not SparseMethod._before_closure)
-        needs_post = self.mask_weights or auto_step or type(self)._post_step is not SparseMethod._post_step
+        needs_post = self.mask_weights or self.auto_step or type(self)._post_step is not SparseMethod._post_step
         self._hooks = OptimizerHooks(optimizer, self._pre_step if needs_pre else None,
                                      self._post_step if needs_post else None)
+
+    @classmethod
+    def resolve_target(cls, options: Mapping[str, Any], prefix: str = "") -> Target:
+        """The :class:`~acdc.selection.Target` of ``options`` (``structure``, ``distribution``, ``erk_power_scale``
+        or the deprecated ``target``) for this method; what does not apply to it is a ``ValueError`` naming the key
+        (``prefix`` + key, e.g. ``method.structure`` in a recipe)."""
+        keys = ("structure", "distribution", "erk_power_scale", "target")
+        given = {k: options[k] for k in keys if options.get(k) is not None}
+        if not cls.selects_positions:
+            bad = [k for k, v in given.items() if not (k == "structure" and str(v).strip().lower() == UNSTRUCTURED)]
+            if bad:
+                raise ValueError(f"{cls.name}: `{prefix}{bad[0]}` does not apply: {cls.name} does not select kept "
+                                 "positions (only `structure: unstructured` is accepted); remove it")
+            return Target()
+        target = resolve_target(**given, default_distribution=cls.default_distribution, prefix=prefix)
+        if target.is_nm and not cls.supports_nm:
+            raise ValueError(f"{cls.name}: `{prefix}structure: {target.structure}` (N:M) is not supported: its masks "
+                             "change with a per-layer count, not N of each M; use structure: unstructured, or N:M "
+                             "with acdc or oneshot")
+        return target
+
+    def _check_in_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        opt_ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        not_opt = [n for n, p in self.masked.params.items() if id(p) not in opt_ids]
+        if not_opt:
+            raise ValueError(f"prunable parameters {not_opt[:5]} are not in the optimizer; build the optimizer from "
+                             "model.parameters() or exclude them")
 
     # ------------------------------------------------------------------ hooks
     def _before_closure(self) -> None:

@@ -14,6 +14,7 @@ class Dense(SparseMethod):
     name = "dense"
     yields_sparse = False
     yields_dense = True
+    selects_positions = False
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, steps_per_epoch: int | None = None,
                  include=None, exclude=None, **_: object) -> None:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from ..masks import check_sparsity, keep_count
-from ..targets import Target
-from .base import SparseMethod
-from .distributions import topk_within
+from ..masks import check_sparsity
+from .base import SharedOptions, SparseMethod
 from .interval import StepInterval, check_every
+
+if TYPE_CHECKING:
+    from typing import Unpack
 
 
 class GMP(SparseMethod):
@@ -22,10 +22,12 @@ class GMP(SparseMethod):
 
     (dense before ``t0``, ``s_f`` after), then keep the final mask to the end of training. Prune steps are
     ``t0, t0 + Δt, ...`` and ``t_end`` itself. Masks only shrink: the top-k is taken among the currently kept
-    weights (pruned ones are 0 anyway). ``target``: ``global`` (one top-k over all layers) or ``uniform``.
+    weights (pruned ones are 0 anyway), through the shared selection (``distribution``: ``global``, one top-k over
+    all layers; ``uniform``; ``erk``). N:M has no gradual ramp (use ``oneshot``).
     """
 
     name = "gmp"
+    supports_nm = False
 
     def __init__(
         self,
@@ -37,17 +39,9 @@ class GMP(SparseMethod):
         end_step: int,
         update_every: int,
         initial_sparsity: float = 0.0,
-        steps_per_epoch: int | None = None,
-        target: str | Target = "global",
-        include: str | Iterable[str] | None = None,
-        exclude: str | Iterable[str] | None = None,
-        mask_weights: bool | str = "auto",
-        auto_step: bool = False,
+        **shared: Unpack[SharedOptions],
     ) -> None:
-        if Target.parse(target).is_nm:
-            raise ValueError("gmp: target must be 'global' or 'uniform' (N:M has no gradual ramp; use 'oneshot')")
-        super().__init__(model, optimizer, sparsity=sparsity, steps_per_epoch=steps_per_epoch, target=target,
-                         include=include, exclude=exclude, mask_weights=mask_weights, auto_step=auto_step)
+        super().__init__(model, optimizer, sparsity=sparsity, **shared)
         check_every(update_every, "gmp")
         if not (0 <= start_step <= end_step):
             raise ValueError(f"gmp: need 0 <= start_step <= end_step, got {start_step}, {end_step}")
@@ -86,14 +80,7 @@ class GMP(SparseMethod):
         if not self.is_prune_step(self.steps):
             return
         s = self.sparsity_at(self.steps)
-        w = self.masked.weights()
-        old = self.masked.masks
-        if self.target.kind == "uniform":
-            masks = {}
-            for n, t in w.items():
-                masks.update(topk_within({n: t}, None if old is None else {n: old[n]}, keep_count(t.numel(), s)))
-        else:
-            masks = topk_within(w, old, keep_count(self.masked.numel(), s))
+        masks = self.target.compute(self.masked.weights(), s, allowed=self.masked.masks)
         self._install_masks(masks)
         self._emit("update", sparsity=s, masks=masks)
 

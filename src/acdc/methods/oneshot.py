@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..masking import canonical_name, unwrap_model
-from ..targets import Target
-from .base import SparseMethod
+from .base import SharedOptions, SparseMethod
+
+if TYPE_CHECKING:
+    from typing import Unpack
 
 
 def load_trained(model: nn.Module, path: str | Path) -> None:
@@ -48,7 +50,8 @@ def load_trained(model: nn.Module, path: str | Path) -> None:
 
 
 class OneShot(SparseMethod):
-    """Prune ``model`` once at construction (``target``: global / uniform magnitude or N:M) and keep the mask.
+    """Prune ``model`` once at construction (``structure`` × ``distribution``: global / uniform / ERK magnitude,
+    or N:M) and keep the mask.
 
     ``from_checkpoint``: a ``.safetensors`` file of trained weights loaded into ``model`` first (see
     :func:`load_trained`); without it the model is pruned as given.
@@ -63,18 +66,12 @@ class OneShot(SparseMethod):
         optimizer: torch.optim.Optimizer,
         *,
         sparsity: float,
-        steps_per_epoch: int | None = None,
-        target: str | Target = "global",
-        include: str | Iterable[str] | None = None,
-        exclude: str | Iterable[str] | None = None,
-        mask_weights: bool | str = "auto",
-        auto_step: bool = False,
         from_checkpoint: str | Path | None = None,
+        **shared: Unpack[SharedOptions],
     ) -> None:
         if from_checkpoint is not None:
             load_trained(model, from_checkpoint)
-        super().__init__(model, optimizer, sparsity=sparsity, steps_per_epoch=steps_per_epoch, target=target,
-                         include=include, exclude=exclude, mask_weights=mask_weights, auto_step=auto_step)
+        super().__init__(model, optimizer, sparsity=sparsity, **shared)
         masks = self.target.compute(self.masked.weights(), self.target_sparsity)
         self._install_masks(masks)
         self._emit("compress", masks=masks)

@@ -28,6 +28,8 @@ Builder = Callable[..., SparseMethod]
 _BUILDERS: dict[str, Builder] = {}
 _CLASSES: dict[str, type[SparseMethod]] = {}
 COMMON = {"include", "exclude"}  # options every method takes (which parameters are prunable)
+# which positions are kept (acdc.selection), for every method that selects them; `target` is the deprecated alias
+SELECTION = {"structure", "distribution", "erk_power_scale", "target"}
 
 
 def register(name: str, cls: type[SparseMethod] | None = None) -> Callable[[Builder], Builder]:
@@ -67,7 +69,7 @@ def build_method(
 ) -> SparseMethod:
     """Build method ``name`` for a run of ``epochs`` epochs of ``steps_per_epoch`` steps.
 
-    ``options`` is the recipe's method block (e.g. ``{"target": "global", "schedule": "paper_imagenet"}``);
+    ``options`` is the recipe's method block (e.g. ``{"distribution": "global", "schedule": "paper_imagenet"}``);
     unknown options raise ``TypeError``/``ValueError`` from the builder, naming the key.
     """
     if name not in _BUILDERS:
@@ -88,7 +90,7 @@ def _dense(model, optimizer, *, steps_per_epoch, epochs, sparsity, **opts):
     return Dense(model, optimizer, steps_per_epoch=steps_per_epoch, **opts)
 
 
-ACDC_OPTIONS = COMMON | {"schedule", "target", "reset_optimizer"}
+ACDC_OPTIONS = COMMON | SELECTION | {"schedule", "reset_optimizer"}
 
 
 @register("acdc", ACDC)
@@ -98,12 +100,12 @@ def _acdc(model, optimizer, *, steps_per_epoch, epochs, sparsity, schedule="pape
     return ACDC(model, optimizer, sparsity=sparsity, schedule=sched, steps_per_epoch=steps_per_epoch, **opts)
 
 
-GMP_OPTIONS = COMMON | {"start_epoch", "end_epoch", "initial_sparsity", "update_every", "target"}
-ONESHOT_OPTIONS = COMMON | {"target", "from_checkpoint"}
-DROPGROW_OPTIONS = COMMON | {"distribution", "erk_power_scale", "update_every", "end_fraction", "alpha", "decay",
-                             "init", "seed"}
-TOPKAST_OPTIONS = COMMON | {"backward_sparsity", "update_every", "l2", "target"}
-STR_OPTIONS = COMMON | {"s_init", "threshold_decay", "reach_fraction", "mean_lr_factor"}
+GMP_OPTIONS = COMMON | SELECTION | {"start_epoch", "end_epoch", "initial_sparsity", "update_every"}
+ONESHOT_OPTIONS = COMMON | SELECTION | {"from_checkpoint"}
+DROPGROW_OPTIONS = COMMON | SELECTION | {"update_every", "end_fraction", "alpha", "decay", "init", "seed"}
+TOPKAST_OPTIONS = COMMON | SELECTION | {"backward_sparsity", "update_every", "l2"}
+# STR learns its thresholds: the selection keys reach it so that it can say which one does not apply
+STR_OPTIONS = COMMON | SELECTION | {"s_init", "threshold_decay", "reach_fraction", "mean_lr_factor"}
 
 
 @register("gmp", GMP)
@@ -157,6 +159,7 @@ def _str(model, optimizer, *, steps_per_epoch, epochs, sparsity, s_init=-5.0, th
     averaging ``mean_lr_factor`` × its initial value (0.5: cosine; 1.0: constant). Reaching it halfway leaves
     room for the loss gradient, which pulls thresholds down."""
     _check_keys("str", opts, STR_OPTIONS)
+    STR.resolve_target(opts)  # a selection key that does not apply: its error before any work
     if threshold_decay == "auto":
         if not isinstance(optimizer, torch.optim.SGD):
             raise ValueError("str: threshold_decay='auto' assumes SGD; give a number for "

@@ -7,17 +7,18 @@ differs only in how it scores the positions to grow.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..masking import rekey
-from ..masks import topk_mask
-from .base import SparseMethod
-from .distributions import DISTRIBUTIONS, keep_count, layer_sparsities, random_masks, topk_within
+from ..selection import keep_count, random_masks, select_counts, topk_within
+from .base import SharedOptions, SparseMethod
 from .interval import StepInterval, check_every
+
+if TYPE_CHECKING:
+    from typing import Unpack
 
 
 def rigl_epoch_flops(f_sparse: float, f_dense: float, delta_t_steps: int) -> float:
@@ -31,7 +32,8 @@ def rigl_epoch_flops(f_sparse: float, f_dense: float, delta_t_steps: int) -> flo
 
 
 class DropGrow(SparseMethod):
-    """Fixed per-layer sparsity (``distribution``: erk / uniform / global); every ``update_every`` steps while
+    """Fixed per-layer sparsity (shared ``distribution``: erk / uniform / global, the per-layer sparsities of the
+    selection vocabulary, :mod:`acdc.selection`); every ``update_every`` steps while
     ``step < end_fraction * total_steps``, in each layer:
 
     - drop ``round(α_t · n_active)`` active weights of smallest |w|, α_t = α/2 · (1 + cos(π t / T_end))
@@ -45,6 +47,8 @@ class DropGrow(SparseMethod):
     """
 
     name = "dropgrow"
+    default_distribution = "erk"
+    supports_nm = False
     _needs_grads = True  # capture |dense gradient| on update steps (RigL); SET grows at random
 
     def __init__(
@@ -54,24 +58,15 @@ class DropGrow(SparseMethod):
         *,
         sparsity: float,
         total_steps: int,
-        distribution: str = "erk",
-        erk_power_scale: float = 1.0,
         update_every: int = 100,
         end_fraction: float = 0.75,
         alpha: float = 0.3,
         decay: str = "cosine",
         init: str = "random",
         seed: int = 0,
-        steps_per_epoch: int | None = None,
-        include: str | Iterable[str] | None = None,
-        exclude: str | Iterable[str] | None = None,
-        mask_weights: bool | str = "auto",
-        auto_step: bool = False,
+        **shared: Unpack[SharedOptions],
     ) -> None:
-        super().__init__(model, optimizer, sparsity=sparsity, steps_per_epoch=steps_per_epoch, target="uniform",
-                         include=include, exclude=exclude, mask_weights=mask_weights, auto_step=auto_step)
-        if distribution not in DISTRIBUTIONS:
-            raise ValueError(f"{self.name}: distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+        super().__init__(model, optimizer, sparsity=sparsity, **shared)
         if decay not in ("cosine", "constant"):
             raise ValueError(f"{self.name}: decay must be 'cosine' or 'constant', got {decay!r}")
         if init not in ("random", "magnitude"):
@@ -82,13 +77,12 @@ class DropGrow(SparseMethod):
         self.alpha, self.decay = float(alpha), decay
         self.interval = StepInterval(update_every, start=update_every, stop=int(round(end_fraction * total_steps)))
         self.generator = torch.Generator().manual_seed(int(seed))
-        self.layer_target_sparsity = layer_sparsities(distribution, self.masked.params, self.target_sparsity,
-                                                      erk_power_scale)
+        self.layer_target_sparsity = self.target.layer_sparsities(self.masked.params, self.target_sparsity)
         if init == "random":
             masks = random_masks(self.masked.params, self.layer_target_sparsity, self.generator)
         else:
-            masks = {n: topk_mask({n: t}, keep_count(t.numel(), self.layer_target_sparsity[n]))[n]
-                     for n, t in self.masked.weights().items()}
+            masks = select_counts(self.masked.weights(), {n: keep_count(p.numel(), self.layer_target_sparsity[n])
+                                                          for n, p in self.masked.params.items()})
         self._install_masks(masks)
         self._dense_grads: dict[str, torch.Tensor] = {}
         self._capture_handles: list = []

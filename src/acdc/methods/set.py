@@ -17,10 +17,8 @@ class SET(DropGrow):
     """
 
     name = "set"
+    default_distribution = "uniform"
     _needs_grads = False
-
-    def __init__(self, *args, distribution: str = "uniform", **kwargs) -> None:
-        super().__init__(*args, distribution=distribution, **kwargs)
 
     def training_flops_per_sample(self, current_flops_per_sample: float,
                                   dense_flops_per_sample: float) -> float:

@@ -16,8 +16,8 @@ schedulers created before the method.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -26,7 +26,10 @@ from torch.nn.utils import parametrize
 from ..masking import layer_zero_fractions, overall_zero_fraction, rekey
 from ..masks import global_magnitude
 from ..targets import parameter_aliases
-from .base import SparseMethod
+from .base import SharedOptions, SparseMethod
+
+if TYPE_CHECKING:
+    from typing import Unpack
 
 
 class SoftThreshold(nn.Module):
@@ -79,6 +82,7 @@ class STR(SparseMethod):
     """
 
     name = "str"
+    selects_positions = False  # thresholds are learned: no structure/distribution to choose
 
     def __init__(
         self,
@@ -88,13 +92,9 @@ class STR(SparseMethod):
         sparsity: float = 0.0,
         s_init: float = -5.0,
         threshold_decay: float = 5e-4,
-        steps_per_epoch: int | None = None,
-        include: str | Iterable[str] | None = None,
-        exclude: str | Iterable[str] | None = None,
-        auto_step: bool = False,
+        **shared: Unpack[SharedOptions],
     ) -> None:
-        super().__init__(model, optimizer, sparsity=sparsity, steps_per_epoch=steps_per_epoch, include=include,
-                         exclude=exclude, auto_step=auto_step)
+        super().__init__(model, optimizer, sparsity=sparsity, **shared)
         self.s_init, self.threshold_decay = float(s_init), float(threshold_decay)
         self.finalized = False
         self._sites: dict[str, list[tuple[nn.Module, str]]] = {}

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..masking import mask_optimizer_state, rekey
 from ..masks import check_sparsity
-from ..targets import Target
-from .base import SparseMethod
+from .base import SharedOptions, SparseMethod
 from .interval import StepInterval, check_every
+
+if TYPE_CHECKING:
+    from typing import Unpack
 
 
 def topkast_epoch_flops(f_forward: float, f_backward: float) -> float:
@@ -34,13 +35,16 @@ class TopKAST(SparseMethod):
       forward runs on θ ⊙ A again;
     - post-step hook: weights outside B are put back to their stashed values (so optimizer weight decay cannot
       move them: only B is trained), the stash is refreshed and the weights outside A zeroed again;
-    - every ``update_every`` steps A and B are recomputed from |θ| (``target``: uniform per layer as in the paper,
-      or global); optimizer state is zeroed for positions leaving or entering B.
+    - every ``update_every`` steps A and B are recomputed from |θ| through the shared selection (``distribution``:
+      uniform per layer as in the paper, global or erk); optimizer state is zeroed for positions leaving or
+      entering B.
 
     Memory: one stash tensor per prunable weight. A ⊆ B always (same ranking, same tie-break).
     """
 
     name = "topkast"
+    default_distribution = "uniform"
+    supports_nm = False
 
     def __init__(
         self,
@@ -51,17 +55,9 @@ class TopKAST(SparseMethod):
         backward_sparsity: float | None = None,
         update_every: int = 100,
         l2: float = 1e-4,
-        steps_per_epoch: int | None = None,
-        target: str | Target = "uniform",
-        include: str | Iterable[str] | None = None,
-        exclude: str | Iterable[str] | None = None,
-        mask_weights: bool | str = "auto",
-        auto_step: bool = False,
+        **shared: Unpack[SharedOptions],
     ) -> None:
-        if Target.parse(target).is_nm:
-            raise ValueError("topkast: target must be 'uniform' or 'global'")
-        super().__init__(model, optimizer, sparsity=sparsity, steps_per_epoch=steps_per_epoch, target=target,
-                         include=include, exclude=exclude, mask_weights=mask_weights, auto_step=auto_step)
+        super().__init__(model, optimizer, sparsity=sparsity, **shared)
         if backward_sparsity is None:
             backward_sparsity = max(0.0, self.target_sparsity - 0.1)
         self.backward_sparsity = check_sparsity(backward_sparsity, "backward_sparsity")

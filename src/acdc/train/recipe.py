@@ -10,7 +10,8 @@ A recipe::
     data: {name: mnist5k}
     optimizer: {name: sgd, lr: 0.05, momentum: 0.9, weight_decay: 0.0005}
     lr_schedule: {name: cosine, warmup_epochs: 1}
-    method: {name: acdc, sparsity: 0.9, target: global, schedule: {warmup: 2, sparse: 2, dense: 2, final_sparse: 4}}
+    method: {name: acdc, sparsity: 0.9, distribution: global, schedule: {warmup: 2, sparse: 2, dense: 2,
+             final_sparse: 4}}
 
 ``--set key=value`` overrides use dotted keys (``method.sparsity=0.95``); values are parsed as YAML scalars.
 """
@@ -266,7 +267,19 @@ def parse_recipe(raw: dict[str, Any]) -> Recipe:
         raise RecipeError(f"a recipe must be a YAML mapping, got {type(raw).__name__}")
     r = _build_dataclass(Recipe, raw, "")
     _check_ranges(r)
+    _check_selection(r)
     return r
+
+
+def _check_selection(r: Recipe) -> None:
+    """``method.structure`` / ``distribution`` / ``erk_power_scale`` (or the deprecated ``target``, with a
+    ``DeprecationWarning`` naming the new keys) as the method will read them; a bad value names its key."""
+    if not any(k in r.method for k in ("structure", "distribution", "erk_power_scale", "target")):
+        return
+    try:
+        method_class(r.method_name).resolve_target(r.method, prefix="method.")
+    except ValueError as e:
+        raise RecipeError(str(e)) from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
