@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn as nn
+from _recipes import tiny_dense_raw
 
 from acdc.measure.dynamics import MaskTracker, layer_density, mask_difference, prunable_weights, zero_fraction
 from acdc.models.transformer import TransformerLM
 from acdc.targets import prunable_parameters
+from acdc.train.loop import Trainer
+from acdc.train.recipe import parse_recipe
 
 
 def _masks():
@@ -75,8 +80,6 @@ def test_tracker_and_resume():
     assert r0["density_per_layer"] == {"l1.weight": 0.5, "l2.weight": 2 / 6}
     new = {k: v.clone() for k, v in m.items()}
     new["l2.weight"][5] = True
-    d = tr.on_dense_end(15, {"x": torch.tensor([0.0, 1.0])})
-    assert d["dense_zero_fraction"] == 0.5 and d["dense_zero_fraction_per_layer"] == {"x": 0.5}
     state = tr.state_dict()
     tr2 = MaskTracker()
     tr2.load_state_dict(state)
@@ -84,4 +87,15 @@ def test_tracker_and_resume():
     assert r1["compression"] == 1
     assert r1["mask_diff"] == 0.1
     assert r1["mask_diff_per_layer"] == {"l1.weight": 0.0, "l2.weight": 1 / 6}
-    assert len(tr2.history) == 3
+    assert len(tr2.history) == 2
+
+
+def test_dense_zero_fraction_is_measured_before_the_compression_that_ends_the_phase(tmp_path):
+    """Table 8's zeros at the end of a dense phase: the dense model's, not the pruned one that replaces it."""
+    raw = tiny_dense_raw(method={"name": "acdc", "sparsity": 0.9, "schedule": {"phases": [["dense", 0, 1],
+                                                                                           ["sparse", 1, 2]]}})
+    out = Trainer(parse_recipe(raw), tmp_path / "run").run().out_dir
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    assert [r["phase"] for r in recs] == ["dense", "sparse"]
+    assert recs[0]["dense_zero_fraction"] == recs[0]["sparsity"] < 0.01  # trained dense weights: no exact zeros
+    assert recs[1]["sparsity"] == pytest.approx(0.9, abs=1e-3) and "dense_zero_fraction" not in recs[1]

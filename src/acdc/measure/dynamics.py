@@ -5,7 +5,9 @@
   can differ by at most 0.2 (every kept weight swapped).
 * ``layer_density`` / ``zero_fraction``: per-layer kept or non-zero fractions; ``zero_fraction`` at the end
   of a dense phase measures the weights that stay exactly zero ("dead" filters, Table 8).
-* ``MaskTracker``: small stateful helper a training loop calls at each compression and at each dense-phase end.
+* ``MaskTracker``: small stateful helper a training loop calls at each compression. (The zeros left at the end of
+  a dense phase are the loop's ``sparsity`` of that phase's last epoch, measured before the compression that ends
+  it: ``dense_zero_fraction`` in ``metrics.jsonl``.)
 """
 
 from __future__ import annotations
@@ -94,10 +96,10 @@ def zero_fraction(
 
 
 class MaskTracker:
-    """Records mask changes between consecutive compressions and zeros left at the end of dense phases.
+    """Records mask changes between consecutive compressions.
 
-    ``on_compress(epoch, masks)`` after each pruning step; ``on_dense_end(epoch, weights_or_model)`` at the end
-    of each decompressed phase. ``history`` keeps every returned record (plain Python numbers, for logging).
+    ``on_compress(epoch, masks)`` after each pruning step. ``history`` keeps every returned record (plain Python
+    numbers, for logging).
     ``state_dict``/``load_state_dict`` keep the previous masks (CPU bool tensors) so a resumed run reports the
     right difference at its next compression.
     """
@@ -123,13 +125,6 @@ class MaskTracker:
         }
         self.compressions += 1
         self.prev_masks = masks
-        self.history.append(rec)
-        return rec
-
-    def on_dense_end(self, epoch: float, weights: Mapping[str, torch.Tensor] | nn.Module) -> dict[str, Any]:
-        """Fraction of (prunable) weights exactly zero at the end of a dense phase, overall and per layer."""
-        overall, layers = zero_fraction(weights, per_layer=True)
-        rec = {"epoch": float(epoch), "dense_zero_fraction": overall, "dense_zero_fraction_per_layer": layers}
         self.history.append(rec)
         return rec
 
