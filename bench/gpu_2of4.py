@@ -3,7 +3,7 @@
 Run::
 
     .venv/bin/python bench/gpu_2of4.py                      # an MLP 1024-4096-4096-1024, pruned 2:4 by magnitude
-    .venv/bin/python bench/gpu_2of4.py --source RUN_DIR     # a run whose recipe target is "2:4"
+    .venv/bin/python bench/gpu_2of4.py --source RUN_DIR     # a run whose recipe structure is "2:4"
 
 Every Linear whose weight passes the 2:4 check (``acdc.export.check_nm``) and whose shape the semi-structured
 kernels accept is converted; the logits of the fp16 model before and after conversion must agree within fp16

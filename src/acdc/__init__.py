@@ -3,7 +3,8 @@
 from . import masks
 from .methods.acdc import ACDC
 from .schedule import Schedule
-from .targets import Target, prunable_parameters
+from .selection import Target
+from .targets import prunable_parameters
 
 __version__ = "0.1.0"
 __all__ = ["ACDC", "Schedule", "Target", "load_compressed", "masks", "prunable_parameters", "save_compressed",

@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=1,
                    help="cpu-sparse: batch size each layer is timed at to choose CSR or dense (default 1)")
     p.add_argument("--structure", default=None, metavar="unstructured|N:M",
-                   help="sparsity structure to validate and record (default: the recipe's target)")
+                   help="sparsity structure to validate and record (default: the recipe's method.structure)")
     p.set_defaults(func=cmd_export)
 
 

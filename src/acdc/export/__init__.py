@@ -44,9 +44,9 @@ def export(
 ) -> dict[str, Any]:
     """Export ``source`` (a run directory or a model file with its ``recipe.yaml``) to ``out`` in ``fmt``.
 
-    ``structure`` ("unstructured" or "N:M"; default the recipe's target) is validated on every prunable weight
-    before anything is written and recorded in the output. ``batch`` is the input batch the CPU-sparse layers
-    are timed on. Returns a report (path, bytes, sparsity config, per-format details).
+    ``structure`` ("unstructured" or "N:M"; default the recipe's ``method.structure``) is validated on every
+    prunable weight before anything is written and recorded in the output. ``batch`` is the input batch the
+    CPU-sparse layers are timed on. Returns a report (path, bytes, sparsity config, per-format details).
     """
     _check_options(fmt, gzip, sparse_initializers, batch)
     src = load_source(source)

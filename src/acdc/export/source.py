@@ -28,7 +28,7 @@ class Source:
     masks: dict[str, torch.Tensor] | None
     example: torch.Tensor  # batch of 1
     task: str
-    structure: str  # "unstructured" or the recipe's "N:M" target
+    structure: str  # "unstructured" or the recipe's "N:M" method.structure
 
 
 def _model_io(run_dir: Path, recipe: Recipe) -> dict[str, Any]:

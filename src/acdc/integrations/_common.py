@@ -19,7 +19,7 @@ from torch import nn
 from ..methods import available, build_method
 from ..methods.base import SparseMethod
 from ..schedule import Schedule
-from ..targets import Target
+from ..selection import Target
 
 STATE_VERSION = 1
 _TENSOR = "__tensor__"
