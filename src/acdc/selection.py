@@ -23,6 +23,7 @@ weights at sparsity ``s`` prunes ``round(s * n)`` and keeps :func:`acdc.masks.ke
 from __future__ import annotations
 
 import re
+import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -334,7 +335,7 @@ def resolve_target(*, structure: str | None = None, distribution: str | None = N
         t = Target.parse(target)
         warnings.warn(f"`{prefix}target: {target}` is deprecated; write `{prefix}{_replacement(target)}` (keys "
                       "`structure`: unstructured | N:M, `distribution`: global | uniform | erk)",
-                      DeprecationWarning, stacklevel=3)
+                      DeprecationWarning, stacklevel=_outside_acdc())
         return t
     st = parse_structure(structure, prefix + "structure") if structure is not None else UNSTRUCTURED
     dist = check_distribution(distribution, prefix + "distribution") if distribution is not None else None
@@ -346,6 +347,15 @@ def resolve_target(*, structure: str | None = None, distribution: str | None = N
                          "the distribution to erk")
     return Target(structure=st, distribution=dist or default_distribution,
                   erk_power_scale=1.0 if erk_power_scale is None else _power(erk_power_scale, prefix))
+
+
+def _outside_acdc() -> int:
+    """``stacklevel`` (for a warning raised by our caller) of the first frame outside the ``acdc`` package, so a
+    script calling ``ACDC(..., target=...)`` sees the deprecation as its own (shown by Python's default filters)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and str(frame.f_globals.get("__name__", "")).split(".")[0] == "acdc":
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _power(value: object, prefix: str) -> float:

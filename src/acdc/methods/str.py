@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..masking import layer_zero_fractions, overall_zero_fraction, rekey
-from ..masks import global_magnitude
+from ..selection import Target
 from ..targets import parameter_aliases
 from .base import SharedOptions, SparseMethod
 
@@ -55,7 +55,7 @@ def str_threshold_decay(weights: Mapping[str, torch.Tensor], sparsity: float, st
     if steps < 1 or lr <= 0:
         raise ValueError(f"str_threshold_decay: need steps >= 1 and lr > 0, got {steps}, {lr}")
     w = {n: t.detach().float() for n, t in weights.items()}
-    m = global_magnitude(w, sparsity)
+    m = Target().compute(w, sparsity)  # the shared selection: global magnitude top-k
     kept_min = min(float(t[m[n]].abs().min()) for n, t in w.items() if bool(m[n].any()))
     pruned = [float(t[~m[n]].abs().max()) for n, t in w.items() if bool((~m[n]).any())]
     tau = (kept_min + max(pruned)) / 2 if pruned else kept_min / 2
