@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # a recipe's deprecated key (e.g. `method.target`) is shown to the user, not hidden like library deprecations
+    # a recipe's deprecated key (e.g. `method.target`) is shown once (the method built from it would repeat it)
+    warnings.filterwarnings("ignore", message=r"`target: .*` is deprecated", category=DeprecationWarning)
     warnings.filterwarnings("default", message=r"`method\.\w+: .*` is deprecated", category=DeprecationWarning)
     from .train.checkpoint import CheckpointError
     from .train.loop import NonFiniteError
