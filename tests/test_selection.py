@@ -184,3 +184,21 @@ def test_export_reads_the_structure_from_the_new_key_and_the_alias():
     assert structure_of({"structure": "2:4"}) == "2:4"
     assert structure_of({"target": "2:4"}) == "2:4"  # a run recorded before the new keys
     assert structure_of({"distribution": "uniform"}) == structure_of({"target": "global"}) == "unstructured"
+
+
+def test_erk_under_fsdp_equals_one_process(tmp_path):
+    """The sharded (FSDP2) path of Target.compute: ERK is a per-layer selection at ERK's layer sparsities, so 2
+    ranks keep bit-identically the masks of one process at every epoch."""
+    from _dist import run_ranks
+    from test_distributed_fsdp import _fsdp_raw, _record, _train
+    from test_distributed_train import _metrics
+
+    from acdc.train.loop import Trainer
+
+    method = {**_fsdp_raw()["method"], "distribution": "erk"}
+    raw = _fsdp_raw(method=method, model={"name": "mlp", "in_features": 64, "hidden": [33, 32]})
+    Trainer(parse_recipe(raw), tmp_path / "one", epoch_hooks=[_record]).run()
+    run_ranks(2, _train, raw, str(tmp_path / "two"))
+    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert all(r["sharded"] for r in two) and len({r["mask_hash"] for r in one}) >= 2
+    assert [r["mask_hash"] for r in one] == [r["mask_hash"] for r in two]

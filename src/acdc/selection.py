@@ -286,8 +286,10 @@ class Target:
         if scores is not None or allowed is not None:
             raise ValueError("the sharded (FSDP) selection ranks |w| over all positions; given scores or allowed "
                              "positions are not supported there")
-        return sharded_target_masks(self.kind, weights, sparsity, self.layer_sparsity, self.n, self.m,
-                                    self.skipped_layers(weights))
+        kind, per = self.kind, self.layer_sparsity
+        if kind == "erk":  # ERK's layer sparsities depend on the (global) shapes only: a per-layer selection
+            kind, per = "uniform", self.layer_sparsities(weights, sparsity)
+        return sharded_target_masks(kind, weights, sparsity, per, self.n, self.m, self.skipped_layers(weights))
 
     def _compute_nm(self, weights: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor],
                     allowed: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
