@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -195,6 +196,22 @@ def bench_resnet(a, tmp: Path) -> None:
                       "3x3 convs, BN, pooling: dense (not CSR candidates)", flush=True)
 
 
+def time_loads(model: nn.Module, dense: Path, comp: Path, repeats: int) -> tuple[dict[str, float], dict[str, int]]:
+    """Interleaved median load times of the dense and the compressed file, and the median minor page faults."""
+    faults: dict[str, list[int]] = {"dense": [], "compressed": []}
+
+    def counted(kind: str, fn):
+        def run():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            fn()
+            faults[kind].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        return run
+
+    t = interleaved({"dense": counted("dense", lambda: load_model(dense, model)),
+                     "compressed": counted("compressed", lambda: load_compressed(comp, model))}, repeats)
+    return t, {k: int(statistics.median(v)) for k, v in faults.items()}
+
+
 def bench_sizes(a, tmp: Path) -> None:
     print("ResNet-50 (1000 classes) file sizes, MB (ratio to dense safetensors)")
     print(f"{'sparsity':>8} {'dense st':>9} {'compressed':>16} {'+gzip':>16} {'ONNX dense':>16} {'ONNX sparse':>16}")
@@ -215,14 +232,12 @@ def bench_sizes(a, tmp: Path) -> None:
         print(f"{s:8.0%} {d / 1e6:9.2f} " + " ".join(f"{c:>16}" for c in cells), flush=True)
         if abs(s - 0.9) < 1e-9:
             target = models.build("resnet50", 1000)
-            dense_f, comp_f = files["dense"], files["comp"]
-            t = interleaved({"dense": lambda m=target, f=dense_f: load_model(f, m),
-                             "compressed": lambda m=target, f=comp_f: load_compressed(f, m)}, a.repeats)
+            t, pf = time_loads(target, files["dense"], files["comp"], a.repeats)
             print(f"    load at 90% into a built ResNet-50, files in the page cache: dense safetensors "
                   f"{1e3 * t['dense']:.1f} ms (acdc.train.checkpoint.load_model: safe_open + get_tensor per key, "
-                  f"load_state_dict), compressed {1e3 * t['compressed']:.1f} ms (acdc.load_compressed: read, check "
-                  f"every tensor, decode into the model's tensors, return the masks) -> "
-                  f"{t['compressed'] / t['dense']:.2f}x", flush=True)
+                  f"load_state_dict; {pf['dense']} minor page faults), compressed {1e3 * t['compressed']:.1f} ms "
+                  f"(acdc.load_compressed: read, check every tensor, decode into the model's tensors, return the "
+                  f"masks; {pf['compressed']} minor page faults) -> {t['compressed'] / t['dense']:.2f}x", flush=True)
 
 
 def main() -> None:
