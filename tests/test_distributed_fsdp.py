@@ -153,3 +153,60 @@ def test_dcp_metadata_is_not_unpickled_freely(tmp_path):
     with pytest.raises(CheckpointError, match="pathlib.Path.touch|which acdc does not load"):
         Trainer(parse_recipe(raw), tmp_path / "run", resume=True).run()
     assert not (tmp_path / "pwned").exists()
+
+
+def _net() -> torch.nn.Module:
+    # rows 9 / 8 / 3 over 2 ranks: uneven (5 + 4) and small (2 + 1) shards; input channels 16, 9 (not a multiple of
+    # 4: skipped by 2:4) and 8
+    torch.manual_seed(11)
+    return torch.nn.Sequential(torch.nn.Linear(16, 9), torch.nn.ReLU(), torch.nn.Linear(9, 8), torch.nn.ReLU(),
+                               torch.nn.Linear(8, 3))
+
+
+def _targets_on_shards(rank: int, world: int, trained: str) -> None:
+    import warnings
+
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from acdc.methods.acdc import ACDC
+    from acdc.methods.oneshot import OneShot
+    from acdc.schedule import Schedule
+    from acdc.targets import Target
+
+    ref_model = _net()
+    ref_w = {n: p.detach() for n, p in ref_model.named_parameters() if n.endswith("weight")}
+    trained_w = load_tensors(trained)[0]
+    sparse = Schedule.from_phases([["sparse", 0, 1]])
+    for target in ("global", "uniform", "2:4"):
+        for oneshot in (False, True):
+            model = fully_shard(_net(), mesh=init_device_mesh("cpu", (world,)))
+            opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # 2:4 skips the 9-input layer
+                method = (OneShot(model, opt, sparsity=0.7, target=target, from_checkpoint=trained) if oneshot
+                          else ACDC(model, opt, sparsity=0.7, schedule=sparse, target=target))
+                t = Target.parse(target)
+                t.prepare(ref_w)
+                want = t.compute({n: trained_w[n] for n in ref_w} if oneshot else ref_w, 0.7)
+            assert all(is_dtensor(m) for m in method.masks.values())
+            got = {n: m.full_tensor() for n, m in method.masks.items()}
+            assert got.keys() == want.keys()
+            for n in want:
+                assert torch.equal(got[n], want[n]), (target, oneshot, n)
+            src = {n: trained_w[n] for n in ref_w} if oneshot else ref_w
+            zeros = sum(int((src[n] * m == 0).sum()) for n, m in want.items())
+            assert method.sparsity() == zeros / sum(m.numel() for m in want.values())  # counted over both ranks
+
+
+def test_fsdp_targets_and_oneshot_equal_single_process(tmp_path):
+    """global / uniform / 2:4 masks of AC/DC and one-shot (loading a trained file into the sharded model) on 2 ranks,
+    gathered, equal the single-process masks bit for bit."""
+    from acdc.train.checkpoint import save_model
+
+    trained = _net()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.mul_(torch.randn_like(p)).round_(decimals=2)  # other weights, with ties
+    save_model(tmp_path / "trained.safetensors", trained)
+    run_ranks(2, _targets_on_shards, str(tmp_path / "trained.safetensors"))

@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-__all__ = ["is_dtensor", "any_dtensor", "local", "like", "shard_like", "global_counts", "sharded_target_masks"]
+__all__ = ["is_dtensor", "any_dtensor", "local", "like", "shard_like", "global_counts", "load_full_state",
+           "sharded_target_masks"]
 
 
 def is_dtensor(t: object) -> bool:
@@ -62,6 +63,23 @@ def shard_like(full: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     r = mesh.get_local_rank(0)
     part = chunks[r] if r < len(chunks) else full[0:0]
     return like(part.contiguous().to(ref.device), ref)
+
+
+def load_full_state(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
+    """``module.load_state_dict(tensors, strict=True)`` for full-size tensors (a 1-process file), also into a
+    sharded module: each rank copies its rows of each tensor into its shard (no communication)."""
+    sd = module.state_dict()
+    if any_dtensor(sd) is None:
+        module.load_state_dict(tensors, strict=True)
+        return
+    missing, extra = sorted(set(sd) - set(tensors)), sorted(set(tensors) - set(sd))
+    bad = [f"{k}: {tuple(tensors[k].shape)} vs {tuple(v.shape)}" for k, v in sd.items()
+           if k in tensors and tuple(tensors[k].shape) != tuple(v.shape)]
+    if missing or extra or bad:
+        raise RuntimeError(f"state dict mismatch: missing {missing[:5]}, unexpected {extra[:5]}, shapes {bad[:5]}")
+    with torch.no_grad():
+        for k, v in sd.items():
+            local(v).copy_(local(shard_like(tensors[k].to(v.dtype), v)))
 
 
 def global_counts(counts: Sequence[int], tensors: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]) -> list[int]:

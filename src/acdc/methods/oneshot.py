@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ..distributed.shards import load_full_state
 from ..masking import canonical_name, unwrap_model
 from .base import SharedOptions, SparseMethod
 
@@ -44,7 +45,7 @@ def load_trained(model: nn.Module, path: str | Path) -> None:
         raise ValueError(f"oneshot: from_checkpoint {str(p)!r} does not match the model: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}; use a checkpoint of the same architecture")
     try:
-        target.load_state_dict(tensors, strict=True)
+        load_full_state(target, tensors)  # plain, or each rank's rows into an FSDP2-sharded model
     except RuntimeError as e:
         raise ValueError(f"oneshot: from_checkpoint {str(p)!r} does not match the model: {e}") from None
 
