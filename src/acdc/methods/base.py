@@ -76,6 +76,9 @@ class SparseMethod:
     needs_dense_init: bool = False  # prunes a trained dense model (one-shot): start it from a dense run's weights
     has_dense_finetune: bool = False  # its best dense model can be fine-tuned densely (AC/DC: `acdc finetune-dense`)
     compressions: int = 0  # sparse-phase starts so far (AC/DC counts them; a dense model counts after the first)
+    # data-parallel process group (set by the training loop under DDP): a method that reads raw per-rank gradients
+    # (RigL's dense-gradient capture runs before DDP's all-reduce) averages them over it, so every rank agrees
+    grad_group: Any = None
 
     # What the shared selection options may say (see acdc.selection): a method's default distribution, whether it
     # supports N:M structure, and whether it selects positions at all (STR learns thresholds instead).

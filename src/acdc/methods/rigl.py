@@ -140,6 +140,20 @@ class DropGrow(SparseMethod):
             h.remove()
         self._capture_handles = []
 
+    def _average_dense_grads(self) -> None:
+        """Under DDP (``grad_group``), average the captured dense gradients over the ranks — they were captured
+        before DDP's all-reduce — so every rank grows the same positions (one all-reduce per update step)."""
+        if self.grad_group is None or not self._dense_grads:
+            return
+        import torch.distributed as dist
+
+        names = sorted(self._dense_grads)
+        flat = torch.cat([self._dense_grads[n].reshape(-1) for n in names])
+        dist.all_reduce(flat, group=self.grad_group)
+        flat.div_(dist.get_world_size(self.grad_group))
+        for n, part in zip(names, flat.split([self._dense_grads[n].numel() for n in names])):
+            self._dense_grads[n] = part.view_as(self._dense_grads[n])
+
     def _grow_scores(self, name: str, param: torch.Tensor) -> torch.Tensor:
         """Higher = grown first. RigL: |dense gradient| of the update step (summed over its micro-batches; under
         ``step(closure)``, the last evaluation's)."""
@@ -157,6 +171,7 @@ class DropGrow(SparseMethod):
         if self._needs_grads and not (self._stepped and self._dense_grads):  # step skipped (e.g. AMP overflow)
             self._emit("update_skipped", reason="no dense gradient captured")
             return
+        self._average_dense_grads()
         frac = self.drop_fraction(self.steps)
         old = self.masked.masks
         assert old is not None

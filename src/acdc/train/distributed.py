@@ -114,6 +114,10 @@ class DistContext:
         fully_shard(model, mesh=init_device_mesh(device.type, (self.world,)))
         return model
 
+    def data_parallel_group(self) -> dist.ProcessGroup | None:
+        """The group gradients are averaged over under DDP (``None`` in one process and under FSDP)."""
+        return dist.group.WORLD if self.active and not self.fsdp else None
+
     def reshard(self, model: nn.Module) -> None:
         """FSDP: free the all-gathered parameters a forward without backward (evaluation) leaves behind; the next
         forward then all-gathers the sharded weights again, so mask changes made to the shards in between count."""

@@ -180,6 +180,7 @@ class Trainer:
         self.method: SparseMethod = build_method(
             r.method_name, self.model, self.optimizer, steps_per_epoch=self.steps_per_epoch,
             epochs=r.epochs - self.start_epoch, sparsity=r.sparsity, options=r.method_options())
+        self.method.grad_group = self.dist.data_parallel_group()  # DDP: per-rank raw gradients get averaged
         self.scaler = torch.amp.GradScaler("cuda") if r.amp == "fp16" else None
         self.tracker = MaskTracker()  # AC/DC-style compressions
         self.update_tracker = MaskTracker()  # in-phase mask updates (GMP, RigL, SET, Top-KAST)
