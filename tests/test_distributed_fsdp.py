@@ -91,7 +91,8 @@ def _compare(a: Path, b: Path, atol: float = 1e-5) -> None:
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_fsdp_two_ranks_equals_one_process(tmp_path, optimizer):
     # hidden 33: uneven shards (17 + 16 rows); the output layer's 10 rows split 5 + 5
-    raw = _fsdp_raw(optimizer, model={"name": "mlp", "in_features": 64, "hidden": [33, 32]})
+    raw = _fsdp_raw(optimizer, model={"name": "mlp", "in_features": 64, "hidden": [33, 32]},
+                    grad_clip=0.2 if optimizer == "adamw" else 0.0)  # clips (norm ~0.4): DTensor grads
     Trainer(parse_recipe(raw), tmp_path / "one", epoch_hooks=[_record]).run()
     run_ranks(2, _train, raw, str(tmp_path / "two"))
     one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
@@ -133,6 +134,9 @@ def test_fsdp_recipe_rejects_unsupported_before_training(tmp_path):
     with pytest.raises(RecipeError, match=r"`measure_flops: true`.*fsdp.*measure_flops: false"):
         parse_recipe(_fsdp_raw(measure_flops=True))
     parse_recipe(_raw(method={"name": "rigl", "sparsity": 0.8}))  # the same methods are fine under ddp
+    with pytest.raises(ValueError, match="--compress-checkpoints does not apply"):
+        Trainer(parse_recipe(_fsdp_raw()), tmp_path / "c", compress_checkpoints=True).run()
+    assert not (tmp_path / "c").exists()
 
 
 def test_dcp_metadata_is_not_unpickled_freely(tmp_path):

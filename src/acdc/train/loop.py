@@ -127,6 +127,9 @@ class Trainer:
         self.dist = dist_mod.init_distributed(dataclasses.asdict(r.distributed), self.device)
         self.progress = self.progress and self.dist.is_main
         self.local_batch = self.dist.local_batch(r.batch_size)
+        if self.compress_checkpoints and r.distributed.strategy == "fsdp":
+            raise ValueError("--compress-checkpoints does not apply to `distributed.strategy: fsdp` (its checkpoints "
+                             "are sharded DCP folders); drop the flag")
         if r.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("recipe key `amp: fp16` needs device cuda (fp16 GradScaler); use `amp: bf16` on CPU")
         check_backend(r.log)
