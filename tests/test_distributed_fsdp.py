@@ -182,14 +182,15 @@ def _targets_on_shards(rank: int, world: int, trained: str) -> None:
     ref_w = {n: p.detach() for n, p in ref_model.named_parameters() if n.endswith("weight")}
     trained_w = load_tensors(trained)[0]
     sparse = Schedule.from_phases([["sparse", 0, 1]])
-    for target in ("global", "uniform", "2:4"):
+    keys = {"global": {"distribution": "global"}, "uniform": {"distribution": "uniform"}, "2:4": {"structure": "2:4"}}
+    for target, opts in keys.items():
         for oneshot in (False, True):
             model = fully_shard(_net(), mesh=init_device_mesh("cpu", (world,)))
             opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # 2:4 skips the 9-input layer
-                method = (OneShot(model, opt, sparsity=0.7, target=target, from_checkpoint=trained) if oneshot
-                          else ACDC(model, opt, sparsity=0.7, schedule=sparse, target=target))
+                method = (OneShot(model, opt, sparsity=0.7, from_checkpoint=trained, **opts) if oneshot
+                          else ACDC(model, opt, sparsity=0.7, schedule=sparse, **opts))
                 t = Target.parse(target)
                 t.prepare(ref_w)
                 want = t.compute({n: trained_w[n] for n in ref_w} if oneshot else ref_w, 0.7)
