@@ -92,8 +92,9 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"{len(report['sparse_initializers'])} sparse initializers (ONNX Runtime densifies them at load)")
     for layer in report.get("layers", []):
         if "dense_ms" in layer:
+            blocked = f" ({layer['block']} columns at a time)" if layer.get("block") else ""
             lines.append(f"  {layer['layer']:<32} {layer['type']:<8} density {layer['density']:.3f}  dense "
-                         f"{layer['dense_ms']:.3f} ms  csr {layer['csr_ms']:.3f} ms  -> {layer['chosen']}")
+                         f"{layer['dense_ms']:.3f} ms  csr {layer['csr_ms']:.3f} ms{blocked}  -> {layer['chosen']}")
         else:
             lines.append(f"  {layer['layer']:<32} -> {layer['chosen']} ({layer.get('reason', '')})")
     return "\n".join(lines)
