@@ -152,6 +152,17 @@ def test_truncated_file(tmp_path, cut):
     assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
 
 
+@pytest.mark.parametrize("header", [b'[1, 2]', b'{"a": 3}', b'{"a": {"dtype": "F32", "shape": [4], '
+                                    b'"data_offsets": [0, 99]}}', b'{"a": {"dtype": "Q9", "shape": [], '
+                                    b'"data_offsets": [0, 0]}}', b'{not json'])
+def test_corrupt_header_is_rejected(tmp_path, header):
+    path = tmp_path / "c.st"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 16)
+    with pytest.raises(CheckpointError, match="truncated or corrupt") as e:
+        load_compressed(path, sparse_model("mlp"))
+    assert "\n" not in str(e.value)
+
+
 def test_inconsistent_bitmask_is_rejected(tmp_path):
     from safetensors.torch import load_file, save_file
 

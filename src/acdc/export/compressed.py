@@ -263,6 +263,8 @@ def _views(data: np.ndarray) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if 8 + n > data.size:
         raise ValueError("the header runs past the end of the file")
     header = json.loads(data[8:8 + n].tobytes())
+    if not isinstance(header, dict) or not all(isinstance(v, dict) for v in header.values()):
+        raise ValueError("the header is not a safetensors index")
     meta = header.pop("__metadata__", None) or {}
     body = data[8 + n:]
     tensors = {}
