@@ -80,6 +80,9 @@ def _compare(a: Path, b: Path, atol: float = 1e-5) -> None:
         assert abs(x["train_loss"] - y["train_loss"]) < 1e-4
         assert x["sparsity"] == pytest.approx(y["sparsity"], abs=1e-9)
     for f in ("final.safetensors", "dense.safetensors"):
+        if not (a / f).exists():  # GMP has no dense model
+            assert not (b / f).exists()
+            continue
         ta, _ = load_tensors(a / f)
         tb, _ = load_tensors(b / f)
         assert ta.keys() == tb.keys()
@@ -88,17 +91,21 @@ def _compare(a: Path, b: Path, atol: float = 1e-5) -> None:
             assert torch.equal(ta[k] == 0, tb[k] == 0), (f, k)
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
-def test_fsdp_two_ranks_equals_one_process(tmp_path, optimizer):
+@pytest.mark.parametrize("optimizer,method", [("sgd", "acdc"), ("adamw", "acdc"), ("sgd", "gmp")])
+def test_fsdp_two_ranks_equals_one_process(tmp_path, optimizer, method):
     # hidden 33: uneven shards (17 + 16 rows); the output layer's 10 rows split 5 + 5
+    gmp = {"method": {"name": "gmp", "sparsity": 0.8, "start_epoch": 0, "end_epoch": 3, "update_every": 2}}
     raw = _fsdp_raw(optimizer, model={"name": "mlp", "in_features": 64, "hidden": [33, 32]},
-                    grad_clip=0.2 if optimizer == "adamw" else 0.0)  # clips (norm ~0.4): DTensor grads
+                    grad_clip=0.2 if optimizer == "adamw" else 0.0,  # clips (norm ~0.4): DTensor grads
+                    **(gmp if method == "gmp" else {}))
     Trainer(parse_recipe(raw), tmp_path / "one", epoch_hooks=[_record]).run()
     run_ranks(2, _train, raw, str(tmp_path / "two"))
     one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
     assert not any(r["sharded"] for r in one) and all(r["sharded"] for r in two)
     assert len({r["mask_hash"] for r in one}) >= 2  # dense and sparse epochs differ: the comparison can fail
     assert [r["train_acc"] for r in one] == pytest.approx([r["train_acc"] for r in two], abs=1e-9)
+    if method == "gmp":  # GMP's updates (|w| among the kept positions) happened inside the run
+        assert sum(len(r.get("mask_updates", [])) for r in one) >= 3 and len({r["mask_hash"] for r in one}) >= 3
     _compare(tmp_path / "one", tmp_path / "two")
     meta = json.loads((tmp_path / "two" / "last" / "meta.json").read_text())
     assert meta["format"] == "dcp" and meta["world"] == 2
@@ -126,7 +133,7 @@ def test_fsdp_resume_mid_phase_across_world_sizes(tmp_path):
 
 
 def test_fsdp_recipe_rejects_unsupported_before_training(tmp_path):
-    for method in ("rigl", "gmp", "set", "str"):
+    for method in ("rigl", "set", "str"):
         raw = _fsdp_raw(method={"name": method, "sparsity": 0.8})
         with pytest.raises(RecipeError, match=rf"`method.name: {method}` is not supported with "
                                               r"`distributed.strategy: fsdp`.*use strategy: ddp"):
@@ -202,6 +209,26 @@ def _targets_on_shards(rank: int, world: int, trained: str) -> None:
             src = {n: trained_w[n] for n in ref_w} if oneshot else ref_w
             zeros = sum(int((src[n] * m == 0).sum()) for n, m in want.items())
             assert method.sparsity() == zeros / sum(m.numel() for m in want.values())  # counted over both ranks
+
+
+    # GMP's selection: |w| among allowed positions (topk_within / select_counts), with many zero weights so that at
+    # sparsity 0.5 the threshold falls on zeros (allowed zeros, lowest global index first) and at 0.8 it does not
+    from acdc.distributed.shards import load_full_state, shard_like
+
+    g = torch.Generator().manual_seed(5)
+    full = {n: p.detach() for n, p in _net().named_parameters()}
+    full = {n: t * (torch.rand(t.shape, generator=g) < 0.5) for n, t in full.items()}
+    allowed = {n: torch.rand(ref_w[n].shape, generator=g) < 0.6 for n in ref_w}
+    model = fully_shard(_net(), mesh=init_device_mesh("cpu", (world,)))
+    load_full_state(model, full)
+    params = {n: p for n, p in model.named_parameters() if n in ref_w}
+    for dist_name in ("global", "uniform"):
+        t = Target(distribution=dist_name)
+        for s in (0.5, 0.8):
+            got = t.compute(params, s, allowed={n: shard_like(allowed[n], params[n]) for n in params})
+            want = t.compute({n: full[n] for n in ref_w}, s, allowed=allowed)
+            for n in want:
+                assert torch.equal(got[n].full_tensor(), want[n]), (dist_name, s, n)
 
 
 def test_fsdp_targets_and_oneshot_equal_single_process(tmp_path):

@@ -281,11 +281,13 @@ class Target:
     def _compute_sharded(self, weights: Mapping[str, torch.Tensor], sparsity: float,
                          scores: Mapping[str, torch.Tensor] | None,
                          allowed: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
-        from .distributed.shards import sharded_target_masks
+        from .distributed.shards import magnitude_within, sharded_target_masks
 
-        if scores is not None or allowed is not None:
-            raise ValueError("the sharded (FSDP) selection ranks |w| over all positions; given scores or allowed "
-                             "positions are not supported there")
+        if scores is not None or (allowed is not None and self.is_nm):
+            raise ValueError("the sharded (FSDP) selection ranks |w| (optionally among allowed positions); given "
+                             "scores are not supported there")
+        if allowed is not None:  # GMP: |w| among the kept positions, as topk_within / select_counts choose
+            weights = magnitude_within(weights, allowed)
         kind, per = self.kind, self.layer_sparsity
         if kind == "erk":  # ERK's layer sparsities depend on the (global) shapes only: a per-layer selection
             kind, per = "uniform", self.layer_sparsities(weights, sparsity)

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 __all__ = ["is_dtensor", "any_dtensor", "local", "like", "shard_like", "global_counts", "load_full_state",
-           "sharded_target_masks"]
+           "magnitude_within", "sharded_target_masks"]
 
 
 def is_dtensor(t: object) -> bool:
@@ -95,6 +95,20 @@ def global_counts(counts: Sequence[int], tensors: Mapping[str, torch.Tensor] | S
     t = torch.tensor([int(c) for c in counts], dtype=torch.int64, device=dev)
     dist.all_reduce(t, group=group)
     return [int(c) for c in t.tolist()]
+
+
+def magnitude_within(weights: Mapping[str, torch.Tensor],
+                     allowed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Scores whose plain top-k is the top-k of |w| among ``allowed`` positions (``topk_within``'s rule): allowed
+    positions score ``nextafter(|w|, inf)`` — order and ties among them unchanged, an allowed zero above every
+    disallowed position — and disallowed ones 0. So the exact sharded top-k of these scores keeps the largest
+    allowed |w|, ties and allowed zeros lowest global index first, as the single-process selection does."""
+    out = {}
+    for n, w in weights.items():
+        lw = local(w).detach().abs().float()
+        up = torch.nextafter(lw, torch.full_like(lw, float("inf")))
+        out[n] = like(torch.where(local(allowed[n]).to(lw.device), up, torch.zeros_like(lw)), w)
+    return out
 
 
 def sharded_target_masks(kind: str, weights: Mapping[str, torch.Tensor], sparsity: float,

@@ -250,8 +250,9 @@ def init_distributed(cfg: Mapping[str, str], device: torch.device) -> DistContex
     return ctx
 
 
-# methods whose masks the sharded selection reproduces exactly (magnitude top-k of the current weights)
-FSDP_METHODS = ("acdc", "oneshot", "dense")
+# methods whose masks the sharded selection reproduces exactly (magnitude top-k of the current weights, GMP's among
+# the kept positions); RigL/SET grow by gradients or at random, STR learns thresholds: not sharded
+FSDP_METHODS = ("acdc", "gmp", "oneshot", "dense")
 
 
 def check_fsdp_recipe(method: str, measure_flops: bool, amp: str) -> None:
