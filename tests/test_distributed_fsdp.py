@@ -230,6 +230,28 @@ def _targets_on_shards(rank: int, world: int, trained: str) -> None:
             for n in want:
                 assert torch.equal(got[n].full_tensor(), want[n]), (dist_name, s, n)
 
+    # the FSDP mask check: a pruned weight made non-zero on one rank's shard only, or a wrong kept count, raises on
+    # every rank (one all-reduce; no hang)
+    from acdc.train.distributed import DistContext
+
+    ctx = DistContext(world, rank, strategy="fsdp")
+    masks = t.compute(params, 0.8)
+    with torch.no_grad():
+        for n, p in params.items():
+            local(p).mul_(local(masks[n]))
+    kept = sum(int(m.full_tensor().sum()) for m in masks.values())
+    ctx.check_masks(masks, "ok", params, kept)
+    with pytest.raises(RuntimeError, match="the target keeps"):
+        ctx.check_masks(masks, "count", params, kept + 1)
+    last = list(params)[-1]  # 3 rows: rank 1 holds row 2
+    leaked = int((~masks[last].full_tensor()[2]).sum())
+    assert leaked > 0
+    if rank == 1:
+        with torch.no_grad():
+            local(params[last])[~local(masks[last])] = 1.0
+    with pytest.raises(RuntimeError, match=f"{leaked} pruned weights are non-zero across the shards at leak"):
+        ctx.check_masks(masks, "leak", params, kept)
+
 
 def test_fsdp_targets_and_oneshot_equal_single_process(tmp_path):
     """global / uniform / 2:4 masks of AC/DC and one-shot (loading a trained file into the sharded model) on 2 ranks,
