@@ -56,14 +56,18 @@ def _unpack(packed: torch.Tensor, cols: int) -> torch.Tensor:
     return torch.from_numpy(np.unpackbits(packed.numpy(), axis=-1, count=cols, bitorder="little")).view(torch.bool)
 
 
-def _row_counts(packed: torch.Tensor) -> torch.Tensor:
-    """Set bits per row of a packed bitmask: popcount of the widest words that tile a row (8x-64x fewer
-    elements than summing bools)."""
-    rows = packed.numpy()
+def _row_counts_np(rows: np.ndarray) -> np.ndarray:
+    """Set bits per row of a packed ``(R, W)`` uint8 bitmask: popcount of the widest words that tile a row (8x-64x
+    fewer elements than summing bools)."""
     width = rows.shape[1] if rows.ndim == 2 else 0
     word = next(w for w in (8, 4, 2, 1) if width % w == 0)
     words = rows.view(f"<u{word}") if rows.size else rows
-    return torch.from_numpy(np.bitwise_count(words).sum(1, dtype=np.int64))
+    return np.bitwise_count(words).sum(1, dtype=np.int64)
+
+
+def _row_counts(packed: torch.Tensor) -> torch.Tensor:
+    """:func:`_row_counts_np` of a tensor."""
+    return torch.from_numpy(_row_counts_np(packed.numpy()))
 
 
 def compress_weight(name: str, weight: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -88,21 +92,30 @@ def compress_weight(name: str, weight: torch.Tensor, mask: torch.Tensor | None =
 
 
 def _check_parts(name: str, parts: dict[str, torch.Tensor]) -> tuple[list[int], int, int]:
-    """Validate one weight's tensors without unpacking; returns (shape, rows, cols)."""
+    """Validate one weight's tensors without unpacking; returns (shape, rows, cols).
+
+    numpy throughout: torch ops on ResNet-50's ~50 small tensors cost ~1-1.7 ms more per load (of ~34 ms).
+    """
     shape = [int(s) for s in parts[f"{name}.shape"].tolist()]
     values, packed, offsets = parts[f"{name}.compressed"], parts[f"{name}.bitmask"], parts[f"{name}.row_offsets"]
     rows = shape[0] if shape else 1
-    numel = int(np.prod(shape)) if shape else 1
+    numel = math.prod(shape)
     cols = numel // rows if rows else 0
     for key in (f"{name}.bitmask", f"{name}.mask"):
         if key in parts and (parts[key].dtype != torch.uint8 or tuple(parts[key].shape) != (rows, (cols + 7) // 8)):
             raise ValueError(f"{key} has shape {tuple(parts[key].shape)}, expected {(rows, (cols + 7) // 8)}")
-    if cols % 8 and rows and (packed[:, -1] >> (cols % 8)).any():
+    bits = packed.numpy()
+    if cols % 8 and rows and (bits[:, -1] >> (cols % 8)).any():
         raise ValueError(f"{name}.bitmask has bits set past the {cols} columns of a row")
-    counts = _row_counts(packed)
-    if values.dim() != 1 or values.numel() != int(counts.sum()):
-        raise ValueError(f"{name}.compressed holds {values.numel()} values but the bitmask marks {int(counts.sum())}")
-    if offsets.dtype != torch.int64 or not torch.equal(offsets, torch.cumsum(counts, 0) - counts):
+    counts = _row_counts_np(bits)
+    total = int(counts.sum())
+    if values.dim() != 1 or values.numel() != total:
+        raise ValueError(f"{name}.compressed holds {values.numel()} values but the bitmask marks {total}")
+    if offsets.dtype != torch.int64 or tuple(offsets.shape) != (rows,):
+        raise ValueError(f"{name}.row_offsets does not match the bitmask")
+    starts = np.cumsum(counts)
+    starts -= counts
+    if not np.array_equal(offsets.numpy(), starts):
         raise ValueError(f"{name}.row_offsets does not match the bitmask")
     return shape, rows, cols
 
