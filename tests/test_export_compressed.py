@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 from acdc import load_compressed, save_compressed
 from acdc import masks as M
-from acdc.export.compressed import _set_bits, compress_weight, decompress_weight, read_sparsity_config
+from acdc.export.compressed import _row_spans, _set_bits, compress_weight, decompress_weight, read_sparsity_config
 from acdc.export.nm import NMPatternError
 from acdc.targets import prunable_parameters
 from acdc.train.checkpoint import CheckpointError, save_model
@@ -135,6 +135,56 @@ def test_wrong_architecture_leaves_model_untouched(tmp_path):
     wider.classifier[3] = torch.nn.Linear(128, 11)
     with pytest.raises(CheckpointError, match="shape mismatch: classifier.3.weight"):
         load_compressed(tmp_path / "cnn.st", wider)
+
+
+def _split_model(seed: int) -> torch.nn.Sequential:
+    """Linear 150 -> 520 (78,000 weights: two row ranges at 2-4 threads, 147-col rows padded to 19 bytes), a small
+    conv (one range), an empty-row layer; 3-95% densities, one in numpy's padded 3-10% band."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(147, 520), torch.nn.Conv2d(3, 8, 3), torch.nn.Linear(520, 9))
+    with torch.no_grad():
+        for m, density in zip(model, (0.07, 0.5, 0.95)):
+            m.weight.masked_fill_(torch.rand_like(m.weight) >= density, 0.0)  # +0.0: round trips bitwise
+        model[2].weight[4].zero_()
+    return model
+
+
+@pytest.mark.parametrize("threads", [2, 3, 4])
+def test_threaded_load_equals_one_thread_bitwise(tmp_path, threads):
+    model = _split_model(0)
+    masks = {n: p != 0 for n, p in prunable_parameters(model).items()}
+    kept_zero = int(masks["0.weight"].view(-1).nonzero()[5])
+    with torch.no_grad():  # a kept weight that trained to exactly zero, inside the split weight
+        model[0].weight.view(-1)[kept_zero] = 0.0
+    save_compressed(tmp_path / "s.st", model, masks)
+    # the rows of 0.weight are shared by more than one range (chunk = max(total // (8 * threads), 65536) = 65536)
+    assert len(_row_spans(520, 147, 65536)) == 2 and len(_row_spans(8, 27, 65536)) == 1
+    one, many = _split_model(1), _split_model(2)
+    m1 = load_compressed(tmp_path / "s.st", one, threads=1)
+    mt = load_compressed(tmp_path / "s.st", many, threads=threads)
+    for k, v in one.state_dict().items():
+        assert torch.equal(_bits(v), _bits(many.state_dict()[k])), k
+        assert torch.equal(_bits(v), _bits(model.state_dict()[k])), k
+    assert list(m1) == list(mt) == list(masks)
+    for n in masks:
+        assert torch.equal(m1[n], mt[n]) and torch.equal(mt[n], masks[n]), n
+    assert bool(mt["0.weight"].view(-1)[kept_zero]) and float(many[0].weight.view(-1)[kept_zero]) == 0.0
+    assert not mt["2.weight"][4].any()
+
+
+def test_threaded_load_checks_before_writing(tmp_path):
+    model = _split_model(0)
+    save_compressed(tmp_path / "s.st", model)
+    data = (tmp_path / "s.st").read_bytes()
+    (tmp_path / "s.st").write_bytes(data[: int(len(data) * 0.9)])
+    fresh = _split_model(3)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(CheckpointError, match="truncated or corrupt") as e:
+        load_compressed(tmp_path / "s.st", fresh, threads=2)
+    assert "\n" not in str(e.value)
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        load_compressed(tmp_path / "s.st", fresh, threads=0)
 
 
 @pytest.mark.parametrize("cut", [0.5, 0.999])

@@ -24,6 +24,7 @@ from __future__ import annotations
 import gzip as _gzip
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,23 @@ def _set_bits(packed: np.ndarray, rows: int, cols: int, nnz: int) -> tuple[np.nd
     return idx, mask
 
 
+def _decode_rows(values: torch.Tensor, packed: np.ndarray, offsets: np.ndarray, out2d: torch.Tensor, r0: int,
+                 r1: int) -> np.ndarray:
+    """Decode rows ``[r0, r1)`` of a checked weight into ``out2d[r0:r1]`` (zeros, then the values at the set bits);
+    returns their bool non-zero pattern ``(r1 - r0, cols)``. Independent of every other row range given the row
+    offsets, so ranges of one weight can be decoded by different threads."""
+    rows, cols = out2d.shape
+    lo = int(offsets[r0]) if r0 < rows else values.numel()
+    hi = int(offsets[r1]) if r1 < rows else values.numel()
+    idx, nz = _set_bits(packed[r0:r1], r1 - r0, cols, hi - lo)
+    o = out2d[r0:r1]
+    o.zero_()
+    # one scatter_ of the values at the flat indices of the set bits: ~2x faster than masked_scatter_ (and ~10% than
+    # index_copy_ on ResNet-50's weights), no per-row Python loop
+    o.view(-1).scatter_(0, torch.from_numpy(idx), values[lo:hi])
+    return nz
+
+
 def decompress_weight(name: str, parts: dict[str, torch.Tensor], out: torch.Tensor | None = None,
                       checked: tuple[list[int], int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight, true mask) from the tensors of :func:`compress_weight`; inconsistent parts raise ValueError.
@@ -152,16 +170,21 @@ def decompress_weight(name: str, parts: dict[str, torch.Tensor], out: torch.Tens
     """
     shape, rows, cols = checked or _check_parts(name, parts)
     values = parts[f"{name}.compressed"]
-    idx, nz = _set_bits(parts[f"{name}.bitmask"].numpy(), rows, cols, values.numel())
     if out is None:
-        out = torch.zeros(shape, dtype=values.dtype)
-    else:
-        out.zero_()
-    # one scatter_ of the values at the flat indices of the set bits: ~2x faster than masked_scatter_ (and ~10% than
-    # index_copy_ on ResNet-50's weights), no per-row Python loop
-    out.view(-1).scatter_(0, torch.from_numpy(idx), values)
+        out = torch.empty(shape, dtype=values.dtype)
+    nz = _decode_rows(values, parts[f"{name}.bitmask"].numpy(), parts[f"{name}.row_offsets"].numpy(),
+                      out.view(rows, cols), 0, rows)
     mask = _unpack(parts[f"{name}.mask"], cols) if f"{name}.mask" in parts else torch.from_numpy(nz)
     return out, mask.reshape(shape)
+
+
+def _row_spans(rows: int, cols: int, chunk: int) -> list[tuple[int, int]]:
+    """Row ranges of at most about ``chunk`` elements each (whole rows; one range for a weight of <= ``chunk``)."""
+    numel = rows * cols
+    if rows <= 1 or numel <= chunk:
+        return [(0, rows)]
+    n = min(rows, -(-numel // chunk))
+    return [(rows * i // n, rows * (i + 1) // n) for i in range(n)]
 
 
 def _alias_groups(sd: dict[str, torch.Tensor]) -> dict[str, str]:
@@ -378,27 +401,55 @@ def _check_matches(path: str | Path, stored: dict[str, list[int]], own: dict[str
                               "the architecture of the run that wrote it (its recipe.yaml)")
 
 
-def load_compressed(path: str | Path, model: nn.Module) -> dict[str, torch.Tensor]:
+def load_compressed(path: str | Path, model: nn.Module, *, threads: int | None = None) -> dict[str, torch.Tensor]:
     """Restore a :func:`save_compressed` file into ``model``; returns the true masks (name -> bool).
 
     Every non-zero value comes back bitwise (zeros as +0.0). The file is fully checked against the model (names,
     shapes, bitmask/value counts) before the model is touched, so a file of another architecture or a truncated
-    file raises :class:`CheckpointError` and leaves the model unchanged.
+    file raises :class:`CheckpointError` and leaves the model unchanged. ``threads`` (default
+    ``torch.get_num_threads()``) decode row ranges of the weights in parallel (numpy's ``nonzero`` and torch's
+    ``zero_``/``scatter_`` release the GIL); the result is the same bitwise for any count.
     """
+    n = torch.get_num_threads() if threads is None else threads
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
     tensors, meta = _read(path)
     targets, checked, dense, stored = _parse_layout(path, tensors, meta)
     own = model.state_dict()
     _check_matches(path, stored, own)
+    # every check has passed: from here on nothing can fail on the file's content, so the model is written
+    jobs, bufs = [], {}
+    # ~8 ranges per thread, largest first: the big weights (ResNet-50's fc, 3x3 convs of 512) are shared by threads
+    chunk = max(sum(math.prod(checked[t][0]) for t in targets) // (8 * n), 1 << 16)
+    for t in targets:
+        shape, rows, cols = checked[t]
+        values, dst = tensors[f"{t}.compressed"], own[t]
+        inplace = dst.is_contiguous() and dst.device.type == "cpu" and dst.dtype == values.dtype
+        bufs[t] = buf = dst if inplace else torch.empty(shape, dtype=values.dtype)
+        spans = _row_spans(rows, cols, chunk) if n > 1 else [(0, rows)]
+        args = (values, tensors[f"{t}.bitmask"].numpy(), tensors[f"{t}.row_offsets"].numpy(), buf.view(rows, cols))
+        whole = len(spans) == 1 and f"{t}.mask" not in tensors  # this decode's pattern is the mask
+        for r0, r1 in spans:
+            jobs.append(((r1 - r0) * cols, t if whole else None, _decode_rows, (*args, r0, r1)))
+        if not whole:  # the true mask, or the pattern of a weight decoded in ranges: unpacked from the file
+            key = f"{t}.mask" if f"{t}.mask" in tensors else f"{t}.bitmask"
+            jobs.append((rows * cols // 8, t, _unpack, (tensors[key], cols)))
     masks: dict[str, torch.Tensor] = {}
     with torch.no_grad():
+        if n == 1:
+            results = [fn(*a) for _, _, fn, a in jobs]
+        else:
+            jobs.sort(key=lambda j: -j[0])  # largest first: the pool ends balanced
+            with ThreadPoolExecutor(min(n, len(jobs)) or 1) as pool:
+                results = list(pool.map(lambda j: j[2](*j[3]), jobs))
+        for (_, t, _, _), r in zip(jobs, results):
+            if t is not None:
+                masks[t] = (r if isinstance(r, torch.Tensor) else torch.from_numpy(r)).reshape(checked[t][0])
         for t in targets:
-            dst = own[t]
-            inplace = dst.is_contiguous() and dst.device.type == "cpu" and dst.dtype == tensors[f"{t}.compressed"].dtype
-            w, masks[t] = decompress_weight(t, tensors, out=dst if inplace else None, checked=checked[t])
-            if not inplace:
-                dst.copy_(w)
+            if bufs[t] is not own[t]:
+                own[t].copy_(bufs[t])
         target_ptrs = {own[t].data_ptr() for t in targets}
         for k, v in dense.items():  # names and shapes were checked: copy straight into the model's tensors
             if not own[k].numel() or own[k].data_ptr() not in target_ptrs:
                 own[k].copy_(v)
-    return masks
+    return {t: masks[t] for t in targets}
