@@ -401,6 +401,29 @@ def _check_matches(path: str | Path, stored: dict[str, list[int]], own: dict[str
                               "the architecture of the run that wrote it (its recipe.yaml)")
 
 
+def _decode_jobs(targets: list[str], checked: dict[str, tuple], tensors: dict[str, torch.Tensor],
+                 own: dict[str, torch.Tensor], n: int) -> tuple[list[tuple], dict[str, torch.Tensor]]:
+    """Decode jobs ``(size, mask owner or None, fn, args)`` for ``n`` threads, and the tensor each target is decoded
+    into (the model's own tensor when it is contiguous CPU of the stored dtype, else a new one copied in after)."""
+    jobs, bufs = [], {}
+    # ~8 ranges per thread, largest first: the big weights (ResNet-50's fc, 3x3 convs of 512) are shared by threads
+    chunk = max(sum(math.prod(checked[t][0]) for t in targets) // (8 * n), 1 << 16)
+    for t in targets:
+        shape, rows, cols = checked[t]
+        values, dst = tensors[f"{t}.compressed"], own[t]
+        inplace = dst.is_contiguous() and dst.device.type == "cpu" and dst.dtype == values.dtype
+        bufs[t] = buf = dst if inplace else torch.empty(shape, dtype=values.dtype)
+        spans = _row_spans(rows, cols, chunk) if n > 1 else [(0, rows)]
+        args = (values, tensors[f"{t}.bitmask"].numpy(), tensors[f"{t}.row_offsets"].numpy(), buf.view(rows, cols))
+        whole = len(spans) == 1 and f"{t}.mask" not in tensors  # this decode's pattern is the mask
+        for r0, r1 in spans:
+            jobs.append(((r1 - r0) * cols, t if whole else None, _decode_rows, (*args, r0, r1)))
+        if not whole:  # the true mask, or the pattern of a weight decoded in ranges: unpacked from the file
+            key = f"{t}.mask" if f"{t}.mask" in tensors else f"{t}.bitmask"
+            jobs.append((rows * cols // 8, t, _unpack, (tensors[key], cols)))
+    return jobs, bufs
+
+
 def load_compressed(path: str | Path, model: nn.Module, *, threads: int | None = None) -> dict[str, torch.Tensor]:
     """Restore a :func:`save_compressed` file into ``model``; returns the true masks (name -> bool).
 
@@ -418,22 +441,7 @@ def load_compressed(path: str | Path, model: nn.Module, *, threads: int | None =
     own = model.state_dict()
     _check_matches(path, stored, own)
     # every check has passed: from here on nothing can fail on the file's content, so the model is written
-    jobs, bufs = [], {}
-    # ~8 ranges per thread, largest first: the big weights (ResNet-50's fc, 3x3 convs of 512) are shared by threads
-    chunk = max(sum(math.prod(checked[t][0]) for t in targets) // (8 * n), 1 << 16)
-    for t in targets:
-        shape, rows, cols = checked[t]
-        values, dst = tensors[f"{t}.compressed"], own[t]
-        inplace = dst.is_contiguous() and dst.device.type == "cpu" and dst.dtype == values.dtype
-        bufs[t] = buf = dst if inplace else torch.empty(shape, dtype=values.dtype)
-        spans = _row_spans(rows, cols, chunk) if n > 1 else [(0, rows)]
-        args = (values, tensors[f"{t}.bitmask"].numpy(), tensors[f"{t}.row_offsets"].numpy(), buf.view(rows, cols))
-        whole = len(spans) == 1 and f"{t}.mask" not in tensors  # this decode's pattern is the mask
-        for r0, r1 in spans:
-            jobs.append(((r1 - r0) * cols, t if whole else None, _decode_rows, (*args, r0, r1)))
-        if not whole:  # the true mask, or the pattern of a weight decoded in ranges: unpacked from the file
-            key = f"{t}.mask" if f"{t}.mask" in tensors else f"{t}.bitmask"
-            jobs.append((rows * cols // 8, t, _unpack, (tensors[key], cols)))
+    jobs, bufs = _decode_jobs(targets, checked, tensors, own, n)
     masks: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         if n == 1:
