@@ -56,8 +56,21 @@ def _record(trainer: Trainer, epoch: int) -> dict:
     return {"mask_hash": mask_hash(full), "sharded": any(is_dtensor(p) for p in trainer.model.parameters())}
 
 
-def _train(rank: int, world: int, raw: dict, out: str, resume: bool = False, stop_after: int | None = None) -> None:
-    hooks = [_record]
+def _buffers_agree(trainer: Trainer, epoch: int) -> dict:
+    """Epoch hook (every rank): after validation every rank holds the same buffers (BatchNorm running statistics),
+    so every rank evaluates one model and a DCP checkpoint keeps the same copy whichever rank writes it."""
+    import torch.distributed as dist
+
+    for n, b in trainer.model.named_buffers():
+        copies = [torch.empty_like(b) for _ in range(dist.get_world_size())]
+        dist.all_gather(copies, b.contiguous())
+        assert all(torch.equal(copies[0], c) for c in copies), f"buffer {n} differs across ranks at epoch {epoch}"
+    return {}
+
+
+def _train(rank: int, world: int, raw: dict, out: str, resume: bool = False, stop_after: int | None = None,
+           check: str = "record") -> None:
+    hooks = [_record if check == "record" else _buffers_agree]
     if stop_after is not None:
         def stop(trainer: Trainer, epoch: int) -> dict:
             if epoch == stop_after:  # "killed" after the previous epoch's checkpoint
@@ -130,6 +143,25 @@ def test_fsdp_resume_mid_phase_across_world_sizes(tmp_path):
         else:
             run_ranks(second, _train, raw, d, True)
         _compare(tmp_path / "full", Path(d))
+
+
+def test_fsdp_batchnorm_statistics_are_rank0s_on_every_rank_and_survive_resume(tmp_path):
+    # FSDP2 neither shards nor synchronises buffers: without the broadcast each rank's BatchNorm statistics follow
+    # its own half-batches, the hook fails, and a resumed run restores whichever rank's copy DCP kept
+    raw = _fsdp_raw("sgd", model={"name": "small_cnn", "width": 4, "hidden": 16})
+    run_ranks(2, _train, raw, str(tmp_path / "full"), False, None, "buffers")
+    d = tmp_path / "resumed"
+    run_ranks(2, _train, raw, str(d), False, 2, "buffers")
+    run_ranks(2, _train, raw, str(d), True, None, "buffers")
+    full, resumed = _metrics(tmp_path / "full"), _metrics(d)
+    assert [r["epoch"] for r in resumed] == list(range(5))
+    for a, b in zip(full, resumed):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5) and a["phase"] == b["phase"]
+    ta, _ = load_tensors(tmp_path / "full" / "final.safetensors")
+    tb, _ = load_tensors(d / "final.safetensors")
+    assert any("running_mean" in k for k in ta)
+    for k in ta:
+        assert torch.allclose(ta[k].double(), tb[k].double(), rtol=0, atol=1e-5), (k, (ta[k] - tb[k]).abs().max())
 
 
 def test_fsdp_recipe_rejects_unsupported_before_training(tmp_path):

@@ -124,6 +124,16 @@ class DistContext:
         if self.fsdp:
             model.reshard()
 
+    def sync_buffers(self, model: nn.Module) -> None:
+        """FSDP: give every rank rank 0's buffers (BatchNorm running statistics). FSDP2 neither shards nor
+        synchronises buffers, so each rank's statistics follow its own batches; rank 0's are what DDP keeps (it
+        broadcasts them) and what the saved model holds. Without this, ranks evaluate different models and a DCP
+        checkpoint may keep another rank's copy, so a resumed run would not continue the uninterrupted one."""
+        if self.fsdp:
+            with torch.no_grad():
+                for b in model.buffers():
+                    dist.broadcast(b, src=0)
+
     def full_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The model's full state dict: gathered to rank 0 on CPU under FSDP (collective; other ranks get ``{}``),
         ``model.state_dict()`` otherwise."""

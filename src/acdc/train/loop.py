@@ -202,6 +202,7 @@ class Trainer:
 
     def _evaluate(self) -> tuple[dict[str, float], dict[str, float] | None]:
         """(validation, test) results of the current model; test is None without a separate test split."""
+        self.dist.sync_buffers(self.model)  # FSDP: every rank evaluates (and checkpoints) rank 0's BN statistics
         val = evaluate(self.model, self.val_loader, self.task, self.device, 0, self._amp_ctx)
         test = None
         if self.test_loader is not None:
