@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from _dist import run_ranks
-from test_distributed_train import _metrics, _raw, _Stop
+from test_distributed_train import _metrics, _raw, _Stop, resume_across_world_sizes
 
 from acdc.distributed.shards import is_dtensor, local
 from acdc.masks import keep_count
@@ -128,21 +128,7 @@ def test_fsdp_two_ranks_equals_one_process(tmp_path, optimizer, method):
 
 @pytest.mark.slow
 def test_fsdp_resume_mid_phase_across_world_sizes(tmp_path):
-    raw = _fsdp_raw("sgd")
-    run_ranks(2, _train, raw, str(tmp_path / "full"))
-    for name, first, second in (("2to2", 2, 2), ("2to1", 2, 1), ("1to2", 1, 2)):
-        d = str(tmp_path / name)
-        # stop inside the 2-epoch sparse phase (after epoch 1's checkpoint), then resume on `second` ranks
-        if first == 1:
-            _train(0, 1, raw, d, stop_after=2)
-        else:
-            run_ranks(first, _train, raw, d, False, 2)
-        assert [r["epoch"] for r in _metrics(Path(d))] == [0, 1]
-        if second == 1:
-            _train(0, 1, raw, d, True)
-        else:
-            run_ranks(second, _train, raw, d, True)
-        _compare(tmp_path / "full", Path(d))
+    resume_across_world_sizes(tmp_path, _fsdp_raw("sgd"), _train, _compare)
 
 
 def test_fsdp_batchnorm_statistics_are_rank0s_on_every_rank_and_survive_resume(tmp_path):

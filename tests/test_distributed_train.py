@@ -99,23 +99,28 @@ def test_ddp_two_ranks_equals_one_process(tmp_path, optimizer):
     _compare_runs(tmp_path / "one", tmp_path / "two")
 
 
-@pytest.mark.slow
-def test_ddp_resume_mid_phase_across_world_sizes(tmp_path):
-    raw = _raw("sgd")
-    run_ranks(2, _train, raw, str(tmp_path / "full"))
+def resume_across_world_sizes(tmp_path: Path, raw: dict, train, compare) -> None:
+    """Run ``raw`` on 2 ranks uninterrupted; then, for 2->2, 2->1 and 1->2, stop inside the 2-epoch sparse phase
+    (after epoch 1's checkpoint), resume on the second world size and ``compare`` with the uninterrupted run.
+    ``train(rank, world, raw, out, resume, stop_after)`` runs one rank."""
+    run_ranks(2, train, raw, str(tmp_path / "full"))
     for name, first, second in (("2to2", 2, 2), ("2to1", 2, 1), ("1to2", 1, 2)):
         d = str(tmp_path / name)
-        # stop inside the 2-epoch sparse phase (after epoch 1's checkpoint), then resume on `second` ranks
         if first == 1:
-            _train(0, 1, raw, d, stop_after=2)
+            train(0, 1, raw, d, False, 2)
         else:
-            run_ranks(first, _train, raw, d, False, 2)
+            run_ranks(first, train, raw, d, False, 2)
         assert [r["epoch"] for r in _metrics(Path(d))] == [0, 1]
         if second == 1:
-            _train(0, 1, raw, d, True)
+            train(0, 1, raw, d, True)
         else:
-            run_ranks(second, _train, raw, d, True)
-        _compare_runs(tmp_path / "full", Path(d))
+            run_ranks(second, train, raw, d, True)
+        compare(tmp_path / "full", Path(d))
+
+
+@pytest.mark.slow
+def test_ddp_resume_mid_phase_across_world_sizes(tmp_path):
+    resume_across_world_sizes(tmp_path, _raw("sgd"), _train, _compare_runs)
 
 
 def test_sampler_union_is_the_single_process_order():

@@ -186,11 +186,6 @@ def _capture_inputs(model: nn.Module, mods: dict[str, nn.Module], example: Any) 
     return inputs
 
 
-def time_pair(dense: Callable[[], Any], sparse: Callable[[], Any], repeats: int = 9) -> tuple[float, float]:
-    """Median seconds of two callables, measured interleaved (so machine load hits both alike)."""
-    return time_layers({"layer": (dense, sparse)}, repeats)["layer"]
-
-
 def time_layers(forms: dict[str, tuple[Callable[[], Any], ...]], repeats: int = 9) -> dict[str, tuple[float, ...]]:
     """Median seconds of each layer's forms (dense, CSR variants), timed in the cache regime of a forward pass.
 
